@@ -1,0 +1,116 @@
+"""Score a trained run by importance sampling: ``python -m pyro_vae.evaluate RUN_DIR``.
+
+Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values) and
+prints a short table. See marginal.py for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import runs
+from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
+
+SPLITS = ("test", "valid")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m pyro_vae.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a run directory written by pyro_vae.train")
+    p.add_argument("--num-samples", "-K", type=positive_int, default=5000,
+                   help="K, importance samples per image (default 5000, as Burda et al.)")
+    p.add_argument("--split", default="test", help="test or valid (default test)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--batch-size", type=positive_int, default=100,
+                   help="images per chunk, at most (default 100; fewer if memory needs it)")
+    p.add_argument("--max-memory-mb", type=positive_float, default=1024.0,
+                   help="bound on the working memory of one chunk (default 1024)")
+    p.add_argument("--iwae-k", type=positive_int, default=50,
+                   help="k of the IWAE_k bound reported beside log p(x) (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--limit", type=positive_int, help="score only the first N images of the split")
+    p.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "test",
+                 device: str = "auto", batch_size: int = 100, max_memory_mb: float = 1024.0,
+                 iwae_k: int = 50, seed: int = 0, limit: int | None = None,
+                 data_dir: str | None = None, progress: bool = True, dataset=None) -> dict:
+    """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
+    from .data import load_dataset
+    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+    from .trainer import resolve_device
+
+    if split not in SPLITS:
+        raise UsageError(f"unknown --split {split!r}; choose from {', '.join(SPLITS)}")
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be a positive integer, got {num_samples}")
+    run_dir = Path(run_dir)
+    torch_device = resolve_device(device)
+    config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE, "cpu")["config"]
+    vae = runs.load_run(run_dir, torch_device)
+    if dataset is None:
+        dataset = load_dataset(config["dataset"], config["binarize"], data_dir or config["data_dir"],
+                               torch_device, valid_size=config["valid_size"])
+    images = dataset.split(split).images[:limit]
+    if len(images) == 0:
+        raise UsageError(f"the {split} split of this run is empty")
+    started = time.perf_counter()
+    per_image = estimate_log_likelihood(
+        vae.model, vae.guide, images, num_samples, batch_size=batch_size,
+        max_memory_mb=max_memory_mb, seed=seed, iwae_k=iwae_k,
+        bytes_per_row=vae_bytes_per_row(vae), progress=progress)
+    report = {
+        "settings": {"run_dir": str(run_dir), "split": split, "num_images": len(images),
+                     "num_samples": num_samples, "iwae_k": min(iwae_k, num_samples), "seed": seed,
+                     "batch_size": batch_size, "max_memory_mb": max_memory_mb,
+                     "device": str(torch_device), "dataset": config["dataset"],
+                     "binarize": config["binarize"]},
+        "summary": summarize(per_image, num_samples),
+        "seconds": round(time.perf_counter() - started, 3),
+        "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
+    }
+    path = run_dir / f"eval_{split}_K{num_samples}.json"
+    runs.write_json(path, report)
+    report["path"] = str(path)
+    return report
+
+
+def format_summary(report: dict) -> str:
+    s, cfg = report["summary"], report["settings"]
+    k = cfg["num_samples"]
+    lines = [
+        f"{cfg['split']} set, {cfg['num_images']} images, K = {k} samples per image "
+        f"({report['seconds']:.1f} s)",
+        f"  log p(x)  (IS, K={k:<5})  {s['log_px_mean']:10.3f} +- {s['log_px_stderr']:.3f} nats",
+        f"  IWAE bound (k={cfg['iwae_k']:<5})    {s['iwae_mean']:10.3f} +- {s['iwae_stderr']:.3f}",
+        f"  ELBO                     {s['elbo_mean']:10.3f} +- {s['elbo_stderr']:.3f}",
+        f"  ESS median {s['ess_median']:.1f} of {k}; images with ESS < 1% of K: "
+        f"{100 * s['ess_low_fraction']:.1f}%",
+    ]
+    if cfg["binarize"] == "none":
+        lines.append("  note: grey-level data - these are cross-entropy scores, not normalised log-likelihoods")
+    if s["ess_low_fraction"] > 0.05:
+        lines.append("  warning: many images have a tiny ESS; the estimate may be far below log p(x)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.split not in SPLITS:
+        raise UsageError(f"unknown --split {args.split!r}; choose from {', '.join(SPLITS)}")
+    if not Path(args.run_dir).is_dir():
+        raise UsageError(f"{args.run_dir} is not a directory")
+    report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
+                          args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
+                          progress=not args.no_progress)
+    print(format_summary(report))
+    print(f"wrote {report['path']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

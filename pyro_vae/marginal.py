@@ -1,0 +1,165 @@
+"""Importance-sampled estimate of the marginal log-likelihood log p(x), image by image.
+
+For each image x, with z_1..z_K ~ q(z|x) drawn from the guide,
+
+    log w_k      = log p(x, z_k) - log q(z_k|x)
+    log p^(x)    = logsumexp_k log w_k - log K              (Burda et al. 2016, eq. 15)
+    ELBO^        = (1/K) sum_k log w_k                      (the K=1 bound, averaged)
+    IWAE_k^      = mean over the K/k groups of k samples of logsumexp(group) - log k
+    ESS          = (sum_k w_k)^2 / sum_k w_k^2              (1 <= ESS <= K)
+
+E[log p^(x)] <= log p(x) by Jensen's inequality (p^ is unbiased for p(x), log is concave), and
+E[ELBO^] <= E[IWAE_k^] <= E[log p^] for k <= K: the estimate is a stochastic lower bound whose
+gap closes as K grows. The log-weights come from Pyro itself (the guide traced under a
+"particles" plate, the model replayed on its samples), so any model/guide pair with its sites
+in a "data" plate at dim -1 can be scored. Samples and images are processed in chunks whose
+size follows ``max_memory_mb``; the sums are streamed in float64, so memory does not grow with K.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from tqdm.auto import tqdm
+
+from .objectives import MAX_PLATE_NESTING
+
+PARTICLE_DIM = -(MAX_PLATE_NESTING + 1)
+
+
+def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor,
+                           num_samples: int) -> torch.Tensor:
+    """(num_samples, len(x)) tensor of log p(x, z) - log q(z|x), z ~ q(z|x), via Pyro traces."""
+    with pyro.plate("particles", num_samples, dim=PARTICLE_DIM):
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    log_w = x.new_zeros(num_samples, x.shape[0])
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                log_w = log_w + sign * site["log_prob"]
+    return log_w
+
+
+class WeightAccumulator:
+    """Per-image running sums of log-weights, streamed chunk by chunk in float64."""
+
+    def __init__(self, num_images: int, iwae_k: int, device: torch.device | str = "cpu"):
+        zeros = torch.zeros(num_images, dtype=torch.float64, device=device)
+        self.iwae_k = iwae_k
+        self.count = 0
+        self.log_sum_w = zeros - math.inf  # log sum_k w_k
+        self.log_sum_w2 = zeros - math.inf  # log sum_k w_k^2
+        self.sum_log_w = zeros.clone()  # sum_k log w_k
+        self.iwae_sum = zeros.clone()  # sum over complete groups of k of (lse(group) - log k)
+        self.iwae_groups = 0
+        self._pending = None  # samples not yet forming a complete IWAE group
+
+    def add(self, log_w: torch.Tensor) -> None:
+        """Add a (k, num_images) chunk of log-weights."""
+        log_w = log_w.double()
+        self.count += log_w.shape[0]
+        self.log_sum_w = torch.logaddexp(self.log_sum_w, log_w.logsumexp(0))
+        self.log_sum_w2 = torch.logaddexp(self.log_sum_w2, (2 * log_w).logsumexp(0))
+        self.sum_log_w += log_w.sum(0)
+        if self._pending is not None:
+            log_w = torch.cat([self._pending, log_w])
+        groups = log_w.shape[0] // self.iwae_k
+        used = groups * self.iwae_k
+        if groups:
+            grouped = log_w[:used].reshape(groups, self.iwae_k, -1)
+            self.iwae_sum += (grouped.logsumexp(1) - math.log(self.iwae_k)).sum(0)
+            self.iwae_groups += groups
+        self._pending = log_w[used:] if used < log_w.shape[0] else None
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {
+            "log_px": self.log_sum_w - math.log(self.count),
+            "elbo": self.sum_log_w / self.count,
+            "iwae": self.iwae_sum / self.iwae_groups if self.iwae_groups else self.sum_log_w * math.nan,
+            "ess": torch.exp(2 * self.log_sum_w - self.log_sum_w2),
+        }
+
+
+@dataclass
+class ChunkPlan:
+    images_per_chunk: int
+    samples_per_chunk: int
+
+
+def plan_chunks(num_samples: int, num_images: int, bytes_per_row: int, max_memory_mb: float,
+                batch_size: int, iwae_k: int) -> ChunkPlan:
+    """Largest (images, samples) chunk whose rows fit in ``max_memory_mb``; the sample chunk is
+    a multiple of ``iwae_k`` so that IWAE groups never straddle chunks."""
+    rows = max(1, int(max_memory_mb * 2**20) // max(1, bytes_per_row))
+    images = max(1, min(batch_size, num_images, rows))
+    samples = min(num_samples, max(1, rows // images))
+    if samples >= iwae_k:
+        samples -= samples % iwae_k
+    return ChunkPlan(images, samples)
+
+
+def vae_bytes_per_row(vae) -> int:
+    """Memory per (image, sample) row of one forward pass of the VAE's decoder and likelihood,
+    float32, with the temporaries of the Bernoulli log-density (about 4 x 784 floats)."""
+    pixels = vae.decoder.logits.out_features
+    return 4 * (3 * vae.latent_dim + 2 * sum(vae.hidden_dims) + 4 * pixels)
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The RNG seed of one image batch: a run's figures do not depend on how batches are spread."""
+    return (seed * 1_000_003 + batch_index) % 2**63
+
+
+@torch.no_grad()
+def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tensor, num_samples: int,
+                            *, batch_size: int = 100, max_memory_mb: float = 1024.0, seed: int = 0,
+                            iwae_k: int = 50, bytes_per_row: int = 16_384,
+                            progress: bool = False) -> dict[str, torch.Tensor]:
+    """Per-image log p^(x), ELBO, IWAE_k bound and ESS (float64 tensors of len(images)).
+
+    Images go in batches of at most ``batch_size`` (fewer if memory needs it), each seeded by
+    ``batch_seed(seed, index)`` inside a forked RNG, so the caller's random stream is untouched
+    and a given seed gives the same numbers.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    iwae_k = min(iwae_k, num_samples)
+    plan = plan_chunks(num_samples, len(images), bytes_per_row, max_memory_mb, batch_size, iwae_k)
+    parts: dict[str, list[torch.Tensor]] = {}
+    devices = [images.device] if images.device.type == "cuda" else []
+    bar = tqdm(total=len(images) * num_samples, unit="sample", unit_scale=True,
+               disable=None if progress else True, desc="log p(x)", dynamic_ncols=True)
+    with torch.random.fork_rng(devices=devices):
+        for index, begin in enumerate(range(0, len(images), plan.images_per_chunk)):
+            torch.manual_seed(batch_seed(seed, index))
+            x = images[begin:begin + plan.images_per_chunk]
+            acc = WeightAccumulator(len(x), iwae_k, device=x.device)
+            for drawn in range(0, num_samples, plan.samples_per_chunk):
+                k = min(plan.samples_per_chunk, num_samples - drawn)
+                acc.add(log_importance_weights(model, guide, x, k))
+                bar.update(k * len(x))
+            for name, value in acc.result().items():
+                parts.setdefault(name, []).append(value)
+    bar.close()
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def summarize(per_image: dict[str, torch.Tensor], num_samples: int) -> dict[str, float]:
+    """Mean and standard error over images, and the ESS warnings."""
+    summary: dict[str, float] = {}
+    n = len(per_image["log_px"])
+    for name in ("log_px", "iwae", "elbo"):
+        values = per_image[name]
+        summary[f"{name}_mean"] = values.mean().item()
+        summary[f"{name}_stderr"] = (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
+    ess = per_image["ess"]
+    summary["ess_median"] = ess.median().item()
+    summary["ess_low_fraction"] = (ess < 0.01 * num_samples).double().mean().item()
+    return summary

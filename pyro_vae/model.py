@@ -1,0 +1,101 @@
+"""The probabilistic program: Kingma & Welling's VAE as a Pyro model and guide.
+
+    p(z)    = N(z; 0, I)                              z in R^J
+    p(x|z)  = prod_d Bernoulli(x_d; sigmoid(f(z)_d))   f: tanh MLP decoder (logits)
+    q(z|x)  = N(z; mu(x), diag(sigma(x)^2))            mu, log sigma^2: tanh MLP encoder
+
+Seed architecture: 784-500-J with one tanh hidden layer on each side. For grey-level targets
+(x in [0, 1]) the Bernoulli "log-likelihood" is the negative binary cross-entropy the seed uses:
+a training signal, not a normalised density, so log p(x) figures are only densities on binary data.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+NUM_PIXELS = 784
+
+
+def tanh_mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers of the given sizes, each followed by tanh."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """x -> (loc, scale) of q(z|x); scale = exp(log-variance / 2)."""
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], input_dim: int = NUM_PIXELS):
+        super().__init__()
+        self.hidden = tanh_mlp([input_dim, *hidden_dims])
+        self.loc = nn.Linear(hidden_dims[-1], latent_dim)
+        self.log_variance = nn.Linear(hidden_dims[-1], latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden(x)
+        return self.loc(h), torch.exp(0.5 * self.log_variance(h))
+
+
+class Decoder(nn.Module):
+    """z -> Bernoulli logits of the 784 pixels."""
+
+    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], output_dim: int = NUM_PIXELS):
+        super().__init__()
+        self.hidden = tanh_mlp([latent_dim, *hidden_dims])
+        self.logits = nn.Linear(hidden_dims[-1], output_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.hidden(z))
+
+
+class VAE(nn.Module):
+    """Model p(x, z) and guide q(z|x) as two methods, as in Pyro's examples/vae.
+
+    ``hidden_dims`` lists the encoder's hidden layers; the decoder mirrors them.
+    ``binary_data=False`` lets the likelihood score grey levels (the seed's cross-entropy).
+    """
+
+    def __init__(self, latent_dim: int = 20, hidden_dims: Sequence[int] = (500,), binary_data: bool = False):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.hidden_dims = tuple(hidden_dims)
+        self.binary_data = binary_data
+        self.encoder = Encoder(latent_dim, self.hidden_dims)
+        self.decoder = Decoder(latent_dim, self.hidden_dims[::-1])
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim))
+            z = pyro.sample("z", prior.to_event(1))
+            likelihood = dist.Bernoulli(logits=self.decoder(z), validate_args=self._validate_obs)
+            pyro.sample("x", likelihood.to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    @property
+    def _validate_obs(self) -> bool | None:
+        # grey-level targets are outside Bernoulli's support: skip the check only for them
+        return None if self.binary_data else False
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel means p(x=1|z) at z = the encoder's mean."""
+        return torch.sigmoid(self.decoder(self.encoder(x)[0]))
+
+    @torch.no_grad()
+    def sample_images(self, num: int) -> torch.Tensor:
+        """Pixel means p(x=1|z) for z drawn from the prior."""
+        device = next(self.parameters()).device
+        return torch.sigmoid(self.decoder(torch.randn(num, self.latent_dim, device=device)))

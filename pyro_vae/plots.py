@@ -1,0 +1,69 @@
+"""Figures of a run: learning curves, test reconstructions, prior samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from .model import VAE  # noqa: E402
+
+
+def save_image_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
+    """(N, 784) pixel intensities in [0, 1] as a grid of 28x28 digits."""
+    grid = make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(nrow * 0.45 + 0.3, grid.shape[1] / grid.shape[2] * nrow * 0.45 + 0.5))
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_reconstructions(vae: VAE, images: torch.Tensor, path: Path, num: int = 10) -> None:
+    """Row pairs: test images above their reconstructions (decoder mean at the encoder mean)."""
+    images = images[:num]
+    pairs = torch.cat([images, vae.reconstruct(images)])
+    save_image_grid(pairs, path, nrow=len(images), title="test images (top) and reconstructions")
+
+
+def plot_prior_samples(vae: VAE, path: Path, num: int = 64) -> None:
+    save_image_grid(vae.sample_images(num), path, nrow=8, title="decoder means for z ~ p(z)")
+
+
+def plot_learning_curves(history: Sequence[dict], path: Path, title: str = "") -> None:
+    """Train/valid/test ELBO (nats per image) against training images seen, as Kingma's Fig. 2."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seen = [row["images_seen"] for row in history]
+    for key, label in (("train_elbo", "train"), ("valid_elbo", "valid"), ("test_elbo", "test")):
+        values = [row[key] for row in history]
+        if any(v == v for v in values):  # skip an all-NaN (empty) split
+            ax.plot(seen, values, marker="o", markersize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images seen")
+    ax.set_ylabel("ELBO (nats per image)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_run_figures(vae: VAE, history: Sequence[dict], test_images: torch.Tensor,
+                     run_dir: Path, title: str = "") -> list[Path]:
+    """The standard figures of a run, written into ``run_dir``."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / "learning_curves.png", run_dir / "reconstructions.png",
+             run_dir / "prior_samples.png"]
+    plot_learning_curves(history, paths[0], title)
+    plot_reconstructions(vae, test_images, paths[1])
+    plot_prior_samples(vae, paths[2])
+    return paths

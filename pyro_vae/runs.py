@@ -1,0 +1,178 @@
+"""Run directories and checkpoints: written atomically, read safely.
+
+A run directory holds ``config.json`` (every setting, library versions), ``metrics.csv`` (one row
+per epoch), ``checkpoint.pt`` (model, optimizer, epoch, RNG states, metric history) and figures.
+Checkpoints are written to a temporary file in the same directory, flushed to disk, then renamed
+over the old one, so a crash leaves the old or the new checkpoint, never a torn one. They are
+read with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from .cli import UsageError
+from .model import VAE
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "pyro_vae-checkpoint-1"
+# what --overwrite may delete: only files a run writes, never the user's other files
+RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, "*.png", "eval_*.json")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint with weights_only=True; any problem is one UsageError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no checkpoint there")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, code-carrying pickle, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"{path}: corrupt or not a pyro_vae checkpoint ({reason[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path}: not a pyro_vae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    return state
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """Append one whole row (header first if the file is new) and flush it to disk."""
+    new = not Path(path).exists() or Path(path).stat().st_size == 0
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(row), lineterminator="\n")
+    if new:
+        writer.writeheader()
+    writer.writerow(row)
+    with open(path, "a") as out:
+        out.write(text.getvalue())
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """Replace metrics.csv by ``rows`` (used on resume: the checkpoint's history is the truth)."""
+    text = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).exists() or (Path(path) / CHECKPOINT_FILE).exists()
+
+
+def clear_run_outputs(path: Path) -> None:
+    for pattern in RUN_OUTPUT_PATTERNS:
+        for file in Path(path).glob(pattern):
+            file.unlink()
+
+
+def rng_state() -> dict:
+    """Every RNG a run draws from, as tensors and plain values (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def build_vae(config: dict) -> VAE:
+    return VAE(
+        latent_dim=config["latent_dim"],
+        hidden_dims=config["hidden_dims"],
+        binary_data=config["binarize"] != "none",
+    )
+
+
+def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
+    """The trained VAE of a run directory, on ``device``, in eval mode."""
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
+    vae = build_vae(state["config"]).to(device)
+    try:
+        vae.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise UsageError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
+    pyro.clear_param_store()
+    return vae.eval()

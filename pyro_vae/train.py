@@ -1,0 +1,137 @@
+"""Train a VAE: ``python -m pyro_vae.train --num-particles 1``.
+
+The defaults train the seed model (784-500-20, tanh, grey-level MNIST, batch 100, Adam) for
+10 epochs, which takes a few minutes on two CPU cores. See the README for every flag.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .cli import ArgumentParser, UsageError, non_negative_int, positive_float, positive_int, run_main
+from .data import BINARIZATIONS, DATASETS
+from .objectives import OBJECTIVES
+from .trainer import OPTIMIZERS, Interrupted, TrainConfig, train
+from . import runs
+
+DEFAULTS = TrainConfig()
+# flags a resumed run may change; every other setting is the run's own
+RESUMABLE_OVERRIDES = {"epochs", "device", "eval_samples", "data_dir"}
+
+
+def build_parser() -> ArgumentParser:
+    d = DEFAULTS
+    p = ArgumentParser(prog="python -m pyro_vae.train", description=__doc__.split("\n\n")[0])
+    # Flags default to None so that a resumed run can tell which ones were given.
+    model = p.add_argument_group("model")
+    model.add_argument("--latent-dim", type=positive_int, help=f"J, size of z (default {d.latent_dim})")
+    model.add_argument("--hidden-dims", type=positive_int, nargs="+", metavar="H",
+                       help="tanh hidden layers of the encoder, mirrored by the decoder "
+                            f"(default {' '.join(map(str, d.hidden_dims))}; '200 200' is Burda's net)")
+    objective = p.add_argument_group("objective")
+    objective.add_argument("--elbo", choices=sorted(OBJECTIVES), help=f"estimator (default {d.elbo})")
+    objective.add_argument("--num-particles", type=positive_int,
+                           help=f"L, samples of z per image per step (default {d.num_particles})")
+    objective.add_argument("--vectorize-particles", action="store_true", default=None,
+                           help="draw the L particles in one batched pass instead of a Python loop")
+    objective.add_argument("--jit", action="store_true", default=None,
+                           help="use Pyro's Jit* variant of the estimator")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
+    data.add_argument("--binarize", choices=BINARIZATIONS,
+                      help="none: grey levels (default for mnist, fashion-mnist); dynamic: fresh "
+                           "Bernoulli draw per use; static: Larochelle & Murray's files")
+    data.add_argument("--data-dir", help="folder holding the data (else $PYRO_VAE_DATA, then "
+                                         "~/.cache/pyro_vae, then a download)")
+    data.add_argument("--train-size", type=positive_int, help="use only the first N training images")
+    data.add_argument("--valid-size", type=non_negative_int,
+                      help=f"images held out from the end of MNIST's 60k training set for validation "
+                           f"(default {d.valid_size}; binarized-mnist has its own)")
+    optim = p.add_argument_group("optimization")
+    optim.add_argument("--epochs", type=positive_int, help=f"(default {d.epochs})")
+    optim.add_argument("--batch-size", type=positive_int, help=f"(default {d.batch_size}, as the seed)")
+    optim.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3 for adam, 1e-2 for adagrad)")
+    optim.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                       help=f"(default {d.optimizer}; Kingma & Welling used adagrad)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", help="auto, cpu or cuda (default auto: cuda when available)")
+    run.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    run.add_argument("--eval-samples", type=non_negative_int,
+                     help=f"K for the importance-sampled test log p(x) at the end; 0 skips it "
+                          f"(default {d.eval_samples})")
+    run.add_argument("--run-dir", help="output folder (default runs/<dataset>-<elbo>-L<L>-J<J>-<time>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args) -> tuple[TrainConfig, dict]:
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k in TrainConfig.__dataclass_fields__}
+    if args.resume:
+        if not args.run_dir:
+            raise UsageError("--resume needs --run-dir (the run to continue)")
+        stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
+        changed = sorted(k for k, v in given.items()
+                         if k not in RESUMABLE_OVERRIDES | {"run_dir"} and _differs(v, stored.get(k)))
+        if changed:
+            raise UsageError(f"a resumed run keeps its settings; drop --{changed[0].replace('_', '-')} "
+                             f"(the run has {stored.get(changed[0])!r})")
+        config = TrainConfig(**{**stored, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}})
+    else:
+        config = TrainConfig(**given)
+    if config.run_dir is None:
+        config.run_dir = str(Path("runs") / (f"{config.dataset}-{config.elbo}-L{config.num_particles}"
+                                             f"-J{config.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return config, given
+
+
+def _differs(given, stored) -> bool:
+    if isinstance(given, (list, tuple)) and isinstance(stored, (list, tuple)):
+        return list(given) != list(stored)
+    return given != stored
+
+
+def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+                     progress: bool = True, dataset=None) -> dict:
+    """Train, draw the run's figures, and score the test set by importance sampling."""
+    from .data import load_dataset
+    from .evaluate import evaluate_run, format_summary
+    from .plots import draw_run_figures
+    from .trainer import resolve_device
+
+    device = resolve_device(config.device)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
+                               config.train_size, config.valid_size)
+    history = train(config, dataset, resume=resume, overwrite=overwrite, progress=progress)
+    vae = runs.load_run(config.run_dir, device)
+    title = (f"{config.dataset} ({dataset.binarize}), {config.elbo} L={config.num_particles}, "
+             f"J={config.latent_dim}, hidden {list(config.hidden_dims)}")
+    figures = draw_run_figures(vae, history, dataset.test.images, Path(config.run_dir), title)
+    print(f"figures: {', '.join(str(f) for f in figures)}")
+    report = None
+    if config.eval_samples:
+        report = evaluate_run(config.run_dir, config.eval_samples, "test", config.device,
+                              progress=progress, dataset=dataset)
+        print(format_summary(report))
+    print(f"run directory: {config.run_dir}")
+    return {"history": history, "eval": report}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config, _ = config_from_args(args)
+    try:
+        train_and_report(config, resume=args.resume, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    except Interrupted as stop:
+        print(f"{stop}; resume with: python -m pyro_vae.train --run-dir {config.run_dir} --resume")
+        raise KeyboardInterrupt from None
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,258 @@
+"""The training loop: the ELBO's differentiable loss driven by a torch optimizer, epoch by epoch.
+
+One step is ``elbo.differentiable_loss(vae.model, vae.guide, x).backward(); optimizer.step()``:
+the same gradients as ``pyro.infer.SVI.step`` (a test checks it) without its per-step host
+sync. Losses stay on the device and are read every ``sync_every`` steps (every step on the CPU,
+where reading is free). Each epoch ends with valid/test ELBOs, an atomic checkpoint and a
+metrics row; Ctrl-C saves a checkpoint at the current step so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from tqdm.auto import tqdm
+
+from . import runs
+from .cli import TrainingFailed, UsageError
+from .data import Dataset, load_dataset
+from .model import VAE
+from .objectives import MAX_PLATE_NESTING, make_elbo
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved as config.json and inside each checkpoint."""
+
+    dataset: str = "mnist"
+    binarize: str | None = None  # None: the dataset's default (see data.py)
+    data_dir: str | None = None
+    train_size: int | None = None
+    valid_size: int = 10_000
+    latent_dim: int = 20
+    hidden_dims: Sequence[int] = (500,)
+    elbo: str = "trace"
+    num_particles: int = 1
+    vectorize_particles: bool = False
+    jit: bool = False
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
+    optimizer: str = "adam"
+    device: str = "auto"
+    seed: int = 0
+    eval_samples: int = 100
+    run_dir: str | None = None
+    extra: dict = field(default_factory=dict)  # per-estimator options (e.g. Renyi's alpha)
+
+    def to_dict(self) -> dict:
+        config = dataclasses.asdict(self)
+        config["hidden_dims"] = list(self.hidden_dims)
+        return config
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint at a step boundary."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {name!r}; choose from auto, cpu, cuda") from None
+
+
+def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    if config.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+    return OPTIMIZERS[config.optimizer](parameters, lr=lr)
+
+
+def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One gradient step on a batch; returns the loss (-ELBO summed over the batch) on-device."""
+    if hasattr(elbo, "differentiable_loss"):
+        def step(x: torch.Tensor) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+    else:  # estimators that only offer loss_and_grads (it calls backward itself)
+        def step(x: torch.Tensor) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = elbo.loss_and_grads(vae.model, vae.guide, x)
+            optimizer.step()
+            return torch.as_tensor(loss, device=x.device)
+    return step
+
+
+@torch.no_grad()
+def estimate_elbo(vae: VAE, images: torch.Tensor, batch_size: int = 1000) -> float:
+    """Single-sample Monte-Carlo ELBO in nats per image, averaged over ``images``."""
+    if len(images) == 0:
+        return float("nan")
+    elbo = Trace_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+    total = images.new_zeros((), dtype=torch.float64)
+    for begin in range(0, len(images), batch_size):
+        total += elbo.differentiable_loss(vae.model, vae.guide, images[begin:begin + batch_size])
+    return -total.item() / len(images)
+
+
+class _StopFlag:
+    """SIGINT sets a flag the loop polls at step boundaries; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _nonfinite_report(vae: VAE, epoch: int, step: int, loss: float) -> str:
+    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    where = (f"parameters {', '.join(bad[:3])} are non-finite (a gradient was non-finite at an "
+             "earlier step)") if bad else "all parameters are finite (the loss itself overflowed)"
+    return (f"the loss (-ELBO) is {loss} at epoch {epoch + 1}, step {step + 1}; {where}. "
+            "The last good checkpoint is kept; try a lower --lr")
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an earlier run by mistake, or to resume one that is not there."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one")
+    if resume and not (run_dir / runs.CHECKPOINT_FILE).exists():
+        raise UsageError(f"--resume: {run_dir} holds no {runs.CHECKPOINT_FILE} to resume from")
+    if not resume and not overwrite and runs.is_run_dir(run_dir):
+        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                         "--overwrite to replace it")
+
+
+def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
+          overwrite: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print) -> list[dict]:
+    """Train (or resume) the run in ``config.run_dir``; returns the metrics history.
+
+    Everything is checked (flags, run directory, data) before the first file is written.
+    """
+    device = resolve_device(config.device)
+    run_dir = Path(config.run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
+                               config.train_size, config.valid_size)
+    config.binarize = dataset.binarize
+    if config.batch_size > len(dataset.train):
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the "
+                         f"{len(dataset.train)} training images")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    vae = runs.build_vae(config.to_dict()).to(device)
+    elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, config.jit,
+                     **config.extra)
+    optimizer = make_optimizer(config, vae.parameters())
+    checkpoint_path = run_dir / runs.CHECKPOINT_FILE
+    metrics_path = run_dir / runs.METRICS_FILE
+    if overwrite:
+        runs.clear_run_outputs(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    start_epoch, start_step, history = 0, 0, []
+    saved_losses, saved_seconds = None, 0.0
+    if resume:
+        state = runs.load_checkpoint(checkpoint_path, device)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        runs.set_rng_state(state["rng"])
+        start_epoch, start_step, history = state["epoch"], state["step"], list(state["history"])
+        saved_losses, saved_seconds = state.get("epoch_losses"), state.get("epoch_seconds", 0.0)
+        runs.write_metrics(metrics_path, history)  # the checkpoint's history is the truth
+    runs.write_json(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "versions": _versions()})
+
+    def checkpoint(epoch: int, step: int, **partial) -> None:
+        runs.save_checkpoint(checkpoint_path, {
+            "config": config.to_dict(), "model": vae.state_dict(),
+            "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+            "history": history, "rng": runs.rng_state(), **partial})
+
+    step_fn = make_step(vae, elbo, optimizer)
+    num_batches = dataset.num_batches(config.batch_size)
+    sync_every = 1 if device.type == "cpu" else 50
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            losses = torch.zeros(num_batches, device=device)
+            first = start_step if epoch == start_epoch else 0
+            if first and saved_losses is not None:
+                losses[:first] = saved_losses.to(device)
+            elapsed = saved_seconds if first else 0.0
+            started = time.perf_counter()
+            bar = tqdm(total=num_batches, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=None if progress else True, leave=False, dynamic_ncols=True)
+            checked = first
+            for step, x in enumerate(dataset.train_batches(epoch, config.batch_size, config.seed, first), first):
+                if stop.requested:
+                    bar.close()
+                    checkpoint(epoch, step, epoch_losses=losses[:step].cpu(),
+                               epoch_seconds=elapsed + time.perf_counter() - started)
+                    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved")
+                losses[step] = step_fn(x)
+                if (step + 1) % sync_every == 0 or step + 1 == num_batches:
+                    recent = losses[checked:step + 1].cpu()
+                    if not torch.isfinite(recent).all():
+                        bad = checked + int((~torch.isfinite(recent)).nonzero()[0])
+                        bar.close()
+                        raise TrainingFailed(_nonfinite_report(vae, epoch, bad, float(losses[bad])))
+                    bar.update(step + 1 - checked)
+                    bar.set_postfix(elbo=f"{-recent.mean().item() / x.shape[0]:.2f}")
+                    checked = step + 1
+            bar.close()
+            seconds = elapsed + time.perf_counter() - started
+            row = {
+                "epoch": epoch + 1,
+                "images_seen": (epoch + 1) * len(dataset.train),
+                "train_elbo": -losses.sum().item() / len(dataset.train),
+                "valid_elbo": estimate_elbo(vae, dataset.valid.images),
+                "test_elbo": estimate_elbo(vae, dataset.test.images),
+                "epoch_seconds": round(seconds, 3),
+            }
+            history.append(row)
+            checkpoint(epoch + 1, 0)
+            runs.append_metrics(metrics_path, row)
+            log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
+                f"valid {row['valid_elbo']:.2f}  test {row['test_elbo']:.2f}  nats/image  "
+                f"({seconds:.1f} s)")
+    return history
+
+
+def _versions() -> dict:
+    return {"torch": torch.__version__, "pyro": pyro.__version__, "python": sys.version.split()[0]}
