@@ -1,0 +1,79 @@
+"""Command lines end to end, and their one-line errors for bad input."""
+
+import json
+
+import pytest
+
+from pyro_vae import evaluate, train
+from pyro_vae.cli import run_main
+from pyro_vae.runs import read_metrics
+from tests.conftest import run_cli
+
+
+def call(main, argv, capsys):
+    """Run a CLI in-process; return (exit status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv)
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_train_end_to_end_writes_the_run(data_dir, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("pyro_vae.train", "--num-particles", "1", "--epochs", "1", "--train-size", "2000",
+                     "--eval-samples", "20", "--run-dir", str(run), env={"PYRO_VAE_DATA": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    for name in ("metrics.csv", "config.json", "checkpoint.pt", "learning_curves.png",
+                 "reconstructions.png", "prior_samples.png", "eval_test_K20.json"):
+        assert (run / name).stat().st_size > 0, name
+    (row,) = read_metrics(run / "metrics.csv")
+    assert {"epoch", "train_elbo", "valid_elbo", "test_elbo", "epoch_seconds"} <= set(row)
+    assert -400 < row["test_elbo"] < -100  # grey-level MNIST after one short epoch
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_particles"] == 1 and config["binarize"] == "none" and "torch" in config["versions"]
+    report = json.loads((run / "eval_test_K20.json").read_text())
+    assert report["summary"]["elbo_mean"] <= report["summary"]["log_px_mean"]
+    assert len(report["per_image"]["log_px"]) == 10_000
+    assert "log p(x)" in result.stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num-particles", "0"], "--num-particles"),
+    (["--dataset", "cifar10"], "--dataset"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--elbo", "nope"], "--elbo"),
+    (["--lr", "abc"], "--lr"),
+    (["--device", "tpu"], "--device"),
+    (["--batch-size", "5000", "--train-size", "100"], "larger than"),
+    (["--data-dir", "/nonexistent/data"], "not a directory"),
+    (["--binarize", "dynamic", "--dataset", "binarized-mnist"], "already binary"),
+    (["--resume"], "--run-dir"),
+])
+def test_bad_train_flags_give_one_line_and_exit_2(flags, message, tmp_path, capsys, data_dir,
+                                                  monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    monkeypatch.setenv("PYRO_VAE_NO_DOWNLOAD", "1")
+    run = tmp_path / "run"
+    status, err = call(train.main, [*flags, "--run-dir", str(run)] if "--resume" not in flags else flags, capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and message in err, err
+    assert "Traceback" not in err
+    assert not run.exists()  # nothing written
+
+
+def test_bad_flag_in_a_fresh_process_has_no_traceback(tmp_path):
+    result = run_cli("pyro_vae.train", "--num-particles", "0", "--run-dir", str(tmp_path / "r"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["{missing}"], "not a directory"),
+    (["{empty}"], "no checkpoint"),
+    (["{empty}", "--num-samples", "0"], "--num-samples"),
+    (["{empty}", "--split", "train2"], "--split"),
+])
+def test_bad_evaluate_input(argv, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for a in argv]
+    status, err = call(evaluate.main, argv, capsys)
+    assert status == 2 and err.count("\n") == 1 and message in err, err
