@@ -10,6 +10,7 @@ metrics row; Ctrl-C saves a checkpoint at the current step so ``--resume`` conti
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import sys
 import time
@@ -139,10 +140,14 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _nonfinite_report(vae: VAE, epoch: int, step: int, loss: float) -> str:
+def _nonfinite_report(vae: VAE, epoch: int, step: int, loss: float, error: Exception | None = None) -> str:
     bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
-    where = (f"parameters {', '.join(bad[:3])} are non-finite (a gradient was non-finite at an "
-             "earlier step)") if bad else "all parameters are finite (the loss itself overflowed)"
+    if bad:
+        where = f"parameters {', '.join(bad[:3])} are non-finite (a gradient was non-finite earlier)"
+    elif error is not None:
+        where = f"the parameters are finite; {str(error).splitlines()[0][:150]} (check the data)"
+    else:
+        where = "the parameters are finite (the loss itself overflowed, or the data holds NaN)"
     return (f"the loss (-ELBO) is {loss} at epoch {epoch + 1}, step {step + 1}; {where}. "
             "The last good checkpoint is kept; try a lower --lr")
 
@@ -225,7 +230,11 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                     checkpoint(epoch, step, epoch_losses=losses[:step].cpu(),
                                epoch_seconds=elapsed + time.perf_counter() - started)
                     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved")
-                losses[step] = step_fn(x)
+                try:
+                    losses[step] = step_fn(x)
+                except ValueError as error:  # distribution validation: NaN parameters or data
+                    bar.close()
+                    raise TrainingFailed(_nonfinite_report(vae, epoch, step, math.nan, error)) from None
                 if (step + 1) % sync_every == 0 or step + 1 == num_batches:
                     recent = losses[checked:step + 1].cpu()
                     if not torch.isfinite(recent).all():
