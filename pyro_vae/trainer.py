@@ -210,6 +210,10 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
             "history": history, "rng": runs.rng_state(), **partial})
 
+    if not resume:
+        log(f"{config.dataset} ({dataset.binarize}): {len(dataset.train)} train, {len(dataset.valid)} "
+            f"valid, {len(dataset.test)} test images on {device}; initial test ELBO "
+            f"{estimate_elbo(vae, dataset.test.images):.2f} nats/image")
     step_fn = make_step(vae, elbo, optimizer)
     num_batches = dataset.num_batches(config.batch_size)
     sync_every = 1 if device.type == "cpu" else 50
