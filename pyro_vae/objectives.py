@@ -4,6 +4,9 @@
                z_l ~ q(z|x) reparameterized (Kingma & Welling's SGVB estimator A).
 ``meanfield``  TraceMeanField_ELBO: the same bound with KL(q(z|x) || p(z)) in closed form
                (estimator B of the paper): (1/L) sum_l log p(x|z_l) - KL.
+``iwae``       the importance-weighted bound of Burda et al. with k = L samples per image:
+               log (1/L) sum_l w_l, w_l = p(x, z_l) / q(z_l|x); Renyi's bound at alpha = 0.
+``renyi``      Li & Turner's Renyi bound, 1/(1-alpha) log (1/L) sum_l w_l^(1-alpha) (``--alpha``).
 
 Each entry maps the flags (particles L, vectorized or not, jit or not) to a Pyro ELBO instance.
 Adding an estimator is one function and one line in ``OBJECTIVES``.
@@ -13,13 +16,19 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
+import torch
+from pyro.distributions.util import is_identically_zero
 from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
     JitTraceMeanField_ELBO,
+    RenyiELBO,
     Trace_ELBO,
     TraceMeanField_ELBO,
 )
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
 from .cli import UsageError
 
@@ -40,9 +49,64 @@ def _meanfield(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
     return _pick(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize, jit)
 
 
+class DifferentiableRenyiELBO(RenyiELBO):
+    r"""Pyro's :class:`~pyro.infer.RenyiELBO` with a ``differentiable_loss``.
+
+    Per datapoint i (the log-weights are summed over every plate but the outermost common one,
+    exactly as ``RenyiELBO.loss`` does, so the bound is per image, not pooled over the batch):
+
+    .. math::
+        \mathcal{L}_lpha = \sum_i rac{1}{1-lpha}
+            \log rac{1}{L} \sum_{l=1}^{L} w_{il}^{1-lpha},
+        \qquad w_{il} = rac{p(x_i, z_{il})}{q(z_{il} | x_i)}
+
+    The loss is :math:`-\mathcal{L}_lpha`. For reparameterized guides its gradient is the one
+    ``RenyiELBO.loss_and_grads`` forms (self-normalised weights times the gradient of log w), but
+    as a tensor: no ``.item()`` per step, and any torch optimizer can drive it. Guides with
+    non-reparameterizable sites are refused (they need the score-function surrogate).
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        elbo_particles = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            elbo_particle = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    elbo_particle = elbo_particle + torch_sum(site["log_prob"], sum_dims)
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    if not is_identically_zero(site["score_parts"].score_function):
+                        raise NotImplementedError("DifferentiableRenyiELBO needs reparameterized guide sites")
+                    elbo_particle = elbo_particle - torch_sum(site["log_prob"], sum_dims)
+            elbo_particles.append(elbo_particle)
+        if self.vectorize_particles and self.num_particles > 1:
+            elbo_particles = elbo_particles[0]
+        else:
+            elbo_particles = torch.stack(elbo_particles)
+        log_weights = (1.0 - self.alpha) * elbo_particles
+        log_mean_weight = torch.logsumexp(log_weights, dim=0) - math.log(self.num_particles)
+        return -log_mean_weight.sum() / (1.0 - self.alpha)
+
+
+def _renyi(num_particles: int, vectorize: bool, jit: bool, alpha: float = 0.5, **_) -> ELBO:
+    if jit:
+        raise UsageError("--jit is not available for the iwae/renyi estimators (Pyro has no JitRenyiELBO)")
+    if alpha == 1:
+        raise UsageError("--alpha 1 is the ordinary ELBO: use --elbo trace")
+    return DifferentiableRenyiELBO(alpha=alpha, num_particles=num_particles,
+                                   vectorize_particles=vectorize, max_plate_nesting=MAX_PLATE_NESTING)
+
+
+def _iwae(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
+    return _renyi(num_particles, vectorize, jit, alpha=0.0)
+
+
 OBJECTIVES: dict[str, Callable[..., ELBO]] = {
     "trace": _trace,
     "meanfield": _meanfield,
+    "iwae": _iwae,
+    "renyi": _renyi,
 }
 
 

@@ -36,6 +36,8 @@ def build_parser() -> ArgumentParser:
                            help=f"L, samples of z per image per step (default {d.num_particles})")
     objective.add_argument("--vectorize-particles", action="store_true", default=None,
                            help="draw the L particles in one batched pass instead of a Python loop")
+    objective.add_argument("--alpha", type=float,
+                           help="Renyi's alpha for --elbo renyi (default 0.5; 0 is iwae, 1 the ELBO)")
     objective.add_argument("--jit", action="store_true", default=None,
                            help="use Pyro's Jit* variant of the estimator")
     data = p.add_argument_group("data")
@@ -83,6 +85,10 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
         config = TrainConfig(**{**stored, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}})
     else:
         config = TrainConfig(**given)
+        if args.alpha is not None:
+            if config.elbo != "renyi":
+                raise UsageError("--alpha applies only to --elbo renyi")
+            config.extra = {"alpha": args.alpha}
     if config.run_dir is None:
         config.run_dir = str(Path("runs") / (f"{config.dataset}-{config.elbo}-L{config.num_particles}"
                                              f"-J{config.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"))

@@ -130,7 +130,8 @@ def quadrature_log_px(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     decoder = vae.decoder.double()
     with torch.no_grad():
         logits = decoder(z[:, None])  # (G, 784)
-        log_lik = (x.double()[:, None, :] * logits - torch.nn.functional.softplus(logits)).sum(-1)
+        # sum_d x_d l_d - softplus(l_d), as a matmul: no (images, grid, pixels) tensor
+        log_lik = x.double() @ logits.T - torch.nn.functional.softplus(logits).sum(-1)
     vae.decoder.float()
     log_prior = -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
     return torch.logsumexp(log_lik + log_prior, dim=1) + math.log(dz)

@@ -1,0 +1,101 @@
+"""Time per training step: pyro_vae's trainer step against plain PyTorch, in one process.
+
+    python benchmarks/bench_step.py [--device cpu] [--steps 200]
+
+Seed net 784-500-20, batch 100. Every variant is timed in interleaved rounds (see common.py);
+the table (median ms per step, ratio to the plain-PyTorch step of the same math) is printed and
+written to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe_machine, interleaved_step_times, median_ms, write_section  # noqa: E402
+from reference_vae import ReferenceVAE  # noqa: E402
+
+from pyro_vae.model import VAE  # noqa: E402
+from pyro_vae.objectives import make_elbo  # noqa: E402
+from pyro_vae.trainer import make_step  # noqa: E402
+
+TARGETS = {"trace L=1": 1.10, "trace L=10 vectorized": 1.15}
+
+
+def reference_step(device, particles=1, iwae=False):
+    ref = ReferenceVAE().to(device)
+    optimizer = torch.optim.Adam(ref.parameters(), lr=1e-3)
+
+    def step(x):
+        optimizer.zero_grad(set_to_none=True)
+        loss = ref.loss(x, particles, iwae)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step
+
+
+def pyro_vae_step(device, elbo_name, particles=1, vectorize=False, jit=False):
+    vae = VAE(latent_dim=20, hidden_dims=(500,), binary_data=True).to(device)
+    elbo = make_elbo(elbo_name, particles, vectorize=vectorize, jit=jit)
+    return make_step(vae, elbo, torch.optim.Adam(vae.parameters(), lr=1e-3))
+
+
+def svi_step(device):
+    vae = VAE(latent_dim=20, hidden_dims=(500,), binary_data=True).to(device)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=make_elbo("trace"))
+    return svi.step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((100, 784), 0.13, device=device))
+
+    # (name, step, name of its plain-PyTorch reference)
+    plan = [
+        ("plain PyTorch L=1", reference_step(device), None),
+        ("trace L=1", pyro_vae_step(device, "trace"), "plain PyTorch L=1"),
+        ("trace L=1 --jit", pyro_vae_step(device, "trace", jit=True), "plain PyTorch L=1"),
+        ("meanfield L=1", pyro_vae_step(device, "meanfield"), "plain PyTorch L=1"),
+        ("stock SVI.step trace L=1", svi_step(device), "plain PyTorch L=1"),
+        ("plain PyTorch L=10", reference_step(device, 10), None),
+        ("trace L=10 vectorized", pyro_vae_step(device, "trace", 10, vectorize=True), "plain PyTorch L=10"),
+        ("trace L=10 sequential", pyro_vae_step(device, "trace", 10), "plain PyTorch L=10"),
+        ("plain PyTorch IWAE K=10", reference_step(device, 10, iwae=True), None),
+        ("iwae K=10 vectorized", pyro_vae_step(device, "iwae", 10, vectorize=True), "plain PyTorch IWAE K=10"),
+    ]
+    pyro.clear_param_store()
+    variants = {name: (lambda fn=fn: fn(x)) for name, fn, _ in plan}
+    times = interleaved_step_times(variants, device, args.steps)
+    medians = {name: median_ms(t) for name, t in times.items()}
+
+    lines = ["| step | median ms/step | ratio to plain PyTorch | target |", "|---|---:|---:|---:|"]
+    for name, _, ref in plan:
+        ratio = medians[name] / medians[ref] if ref else 1.0
+        target = TARGETS.get(name)
+        verdict = "" if target is None else f"<= {target:.2f} ({'met' if ratio <= target else 'missed'})"
+        lines.append(f"| {name} | {medians[name]:.2f} | {ratio:.3f} | {verdict} |")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        body = (f"`python benchmarks/bench_step.py --device {args.device} --steps {args.steps}`: "
+                f"seed net 784-500-20, batch 100, Adam, median over {len(times['trace L=1'])} "
+                f"rounds of 10 steps each, all variants interleaved in one process.\n\n"
+                f"Machine: {describe_machine(device)}.\n\n{table}")
+        write_section(f"Training step ({device.type})", body)
+
+
+if __name__ == "__main__":
+    main()

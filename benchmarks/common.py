@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: timing, the machine's description, the docs table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_step_times(variants: dict[str, Callable[[], object]], device: torch.device,
+                           steps: int, warmup: int = 20, chunk: int = 10) -> dict[str, list[float]]:
+    """Per-step seconds of each variant, measured in interleaved rounds of ``chunk`` steps so
+    that the machine's drift (other load, clock changes) falls on all variants alike."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(-(-steps // chunk)):
+        for name, fn in variants.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(chunk):
+                fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / chunk)
+    return times
+
+
+def median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def describe_machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    text = (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
+    if device.type == "cuda":
+        text += f", GPU: {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or add) the section ``## title`` of docs/benchmarks.md with ``body``."""
+    DOCS.parent.mkdir(exist_ok=True)
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\nRegenerate with the commands in each section.\n"
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    DOCS.write_text(text)
