@@ -76,9 +76,9 @@ def main() -> None:
         ("plain PyTorch IWAE K=10", reference_step(device, 10, iwae=True), None),
         ("iwae K=10 vectorized", pyro_vae_step(device, "iwae", 10, vectorize=True), "plain PyTorch IWAE K=10"),
     ]
-    pyro.clear_param_store()
     variants = {name: (lambda fn=fn: fn(x)) for name, fn, _ in plan}
-    times = interleaved_step_times(variants, device, args.steps)
+    scopes = {name: {"params": {}, "constraints": {}} for name, _, ref in plan if ref}
+    times = interleaved_step_times(variants, device, args.steps, param_scopes=scopes)
     medians = {name: median_ms(t) for name, t in times.items()}
 
     lines = ["| step | median ms/step | ratio to plain PyTorch | target |", "|---|---:|---:|---:|"]

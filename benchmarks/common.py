@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pyro
 import torch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -21,21 +23,33 @@ def synchronize(device: torch.device) -> None:
 
 
 def interleaved_step_times(variants: dict[str, Callable[[], object]], device: torch.device,
-                           steps: int, warmup: int = 20, chunk: int = 10) -> dict[str, list[float]]:
+                           steps: int, warmup: int = 20, chunk: int = 10,
+                           param_scopes: dict[str, dict] | None = None) -> dict[str, list[float]]:
     """Per-step seconds of each variant, measured in interleaved rounds of ``chunk`` steps so
-    that the machine's drift (other load, clock changes) falls on all variants alike."""
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
+    that the machine's drift (other load, clock changes) falls on all variants alike.
+
+    ``param_scopes`` gives a Pyro param-store state per variant, so that several Pyro models
+    with the same parameter names live side by side (``ParamStoreDict.scope``)."""
+    scopes = param_scopes or {}
+    store = pyro.get_param_store()
+
+    def scope(name):
+        return store.scope(scopes[name]) if name in scopes else contextlib.nullcontext()
+
+    for name, fn in variants.items():
+        with scope(name):
+            for _ in range(warmup):
+                fn()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(-(-steps // chunk)):
         for name, fn in variants.items():
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(chunk):
-                fn()
-            synchronize(device)
+            with scope(name):
+                synchronize(device)
+                start = time.perf_counter()
+                for _ in range(chunk):
+                    fn()
+                synchronize(device)
             times[name].append((time.perf_counter() - start) / chunk)
     return times
 

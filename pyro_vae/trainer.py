@@ -9,6 +9,7 @@ metrics row; Ctrl-C saves a checkpoint at the current step so ``--resume`` conti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -55,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     eval_samples: int = 100
+    max_seconds: float | None = None  # wall-time budget of the training steps (None: epochs only)
     run_dir: str | None = None
     extra: dict = field(default_factory=dict)  # per-estimator options (e.g. Renyi's alpha)
 
@@ -86,21 +88,32 @@ def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     return OPTIMIZERS[config.optimizer](parameters, lr=lr)
 
 
-def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One gradient step on a batch; returns the loss (-ELBO summed over the batch) on-device."""
-    if hasattr(elbo, "differentiable_loss"):
-        def step(x: torch.Tensor) -> torch.Tensor:
+def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer,
+              validate_every_step: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One gradient step on a batch; returns the loss (-ELBO summed over the batch) on-device.
+
+    Pyro's argument and shape validation runs on the first step only (it catches model/guide
+    mismatches there); afterwards it costs about 1 ms a step on the CPU and a host sync on GPUs,
+    and a NaN that it would have caught still shows up in the loss, which the trainer checks.
+    """
+    use_loss_and_grads = not hasattr(elbo, "differentiable_loss")
+    validated = False
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        nonlocal validated
+        checks = contextlib.nullcontext() if validate_every_step or not validated else \
+            pyro.validation_enabled(False)
+        with checks:
             optimizer.zero_grad(set_to_none=True)
-            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
-            loss.backward()
+            if use_loss_and_grads:  # estimators that only offer loss_and_grads (it calls backward)
+                loss = torch.as_tensor(elbo.loss_and_grads(vae.model, vae.guide, x), device=x.device)
+            else:
+                loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+                loss.backward()
+                loss = loss.detach()
             optimizer.step()
-            return loss.detach()
-    else:  # estimators that only offer loss_and_grads (it calls backward itself)
-        def step(x: torch.Tensor) -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            loss = elbo.loss_and_grads(vae.model, vae.guide, x)
-            optimizer.step()
-            return torch.as_tensor(loss, device=x.device)
+        validated = True
+        return loss
     return step
 
 
@@ -217,8 +230,11 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
     step_fn = make_step(vae, elbo, optimizer)
     num_batches = dataset.num_batches(config.batch_size)
     sync_every = 1 if device.type == "cpu" else 50
+    spent = sum(row["epoch_seconds"] for row in history)
     with _StopFlag() as stop:
         for epoch in range(start_epoch, config.epochs):
+            if config.max_seconds and spent >= config.max_seconds:
+                break
             losses = torch.zeros(num_batches, device=device)
             first = start_step if epoch == start_epoch else 0
             if first and saved_losses is not None:
@@ -228,6 +244,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             bar = tqdm(total=num_batches, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=None if progress else True, leave=False, dynamic_ncols=True)
             checked = first
+            done = num_batches
             for step, x in enumerate(dataset.train_batches(epoch, config.batch_size, config.seed, first), first):
                 if stop.requested:
                     bar.close()
@@ -248,12 +265,17 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                     bar.update(step + 1 - checked)
                     bar.set_postfix(elbo=f"{-recent.mean().item() / x.shape[0]:.2f}")
                     checked = step + 1
+                if config.max_seconds and spent + elapsed + time.perf_counter() - started >= config.max_seconds:
+                    done = step + 1  # the budget is spent: close this epoch early, then stop
+                    break
             bar.close()
             seconds = elapsed + time.perf_counter() - started
+            spent += seconds
+            trained = min(len(dataset.train), done * config.batch_size)
             row = {
                 "epoch": epoch + 1,
-                "images_seen": (epoch + 1) * len(dataset.train),
-                "train_elbo": -losses.sum().item() / len(dataset.train),
+                "images_seen": (history[-1]["images_seen"] if history else 0) + trained,
+                "train_elbo": -losses[:done].sum().item() / trained,
                 "valid_elbo": estimate_elbo(vae, dataset.valid.images),
                 "test_elbo": estimate_elbo(vae, dataset.test.images),
                 "epoch_seconds": round(seconds, 3),
@@ -261,6 +283,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             history.append(row)
             checkpoint(epoch + 1, 0)
             runs.append_metrics(metrics_path, row)
+            if done < num_batches:
+                log(f"wall-time budget of {config.max_seconds:g} s spent after {done} steps of epoch {epoch + 1}")
+                break
             log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
                 f"valid {row['valid_elbo']:.2f}  test {row['test_elbo']:.2f}  nats/image  "
                 f"({seconds:.1f} s)")

@@ -1,0 +1,270 @@
+"""Compare ELBO estimators: ``python -m pyro_vae.compare RUN_DIR`` or ``... --train``.
+
+Fixed-model mode scores each estimator on one trained model: the bound's value per test image
+(mean and standard error), the signal-to-noise ratio of its gradient on one fixed minibatch
+drawn ``--repeats`` times (encoder and decoder separately, as Rainforth et al. 2018), and the
+time one gradient takes. Training mode trains the same net from the same seed with each
+estimator under the same budget (epochs, or wall time) and scores each by importance sampling.
+Both write comparison.md, comparison.json and PNGs into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
+
+DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
+
+
+def parse_estimators(text: str) -> list[tuple[str, int]]:
+    """'trace:1,iwae:5' -> [('trace', 1), ('iwae', 5)]."""
+    from .objectives import OBJECTIVES
+
+    specs = []
+    for item in text.split(","):
+        name, _, particles = item.strip().partition(":")
+        if name not in OBJECTIVES:
+            raise UsageError(f"unknown estimator {name!r} in --estimators; choose from {', '.join(OBJECTIVES)}")
+        try:
+            count = int(particles or 1)
+        except ValueError:
+            raise UsageError(f"--estimators: {item!r} should be NAME:PARTICLES, e.g. iwae:5") from None
+        if count < 1:
+            raise UsageError(f"--estimators: particles must be positive in {item!r}")
+        specs.append((name, count))
+    return specs
+
+
+def label(name: str, particles: int) -> str:
+    return f"{name} {'K' if name == 'iwae' else 'L'}={particles}"
+
+
+def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progress: bool = True) -> list[dict]:
+    """Bound per image, gradient SNR and time per gradient of each estimator on one model."""
+    import pyro
+    import torch
+    from tqdm.auto import tqdm
+
+    from .gradients import gradient_moments, snr_summary
+    from .objectives import make_elbo
+
+    rows = []
+    groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder.parameters())}
+    for name, particles in tqdm(specs, desc="estimators", disable=None if progress else True):
+        elbo = make_elbo(name, particles, vectorize=particles > 1)
+        pyro.set_rng_seed(seed)
+        with torch.no_grad():  # one call per image: the per-image value of the bound
+            values = torch.tensor([-elbo.differentiable_loss(vae.model, vae.guide, x[None]).item()
+                                   for x in images], dtype=torch.float64)
+        pyro.set_rng_seed(seed)
+        started = time.perf_counter()
+        moments = gradient_moments(lambda: elbo.differentiable_loss(vae.model, vae.guide, batch),
+                                   groups, repeats)
+        seconds = (time.perf_counter() - started) / repeats
+        row = {"estimator": name, "particles": particles, "label": label(name, particles),
+               "bound_mean": values.mean().item(),
+               "bound_stderr": values.std().item() / math.sqrt(len(values)),
+               "ms_per_gradient": 1e3 * seconds}
+        for group, moment in moments.items():
+            row.update({f"{group}_{k}": v for k, v in snr_summary(moment).items()})
+        rows.append(row)
+    return rows
+
+
+def fixed_model_table(rows: list[dict]) -> str:
+    lines = ["| estimator | bound (nats/image) | encoder SNR (median) | decoder SNR (median) | "
+             "encoder grad var (mean) | decoder grad var (mean) | ms / gradient |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['bound_mean']:.2f} ± {r['bound_stderr']:.2f} | "
+                     f"{r['encoder_snr_median']:.3f} | {r['decoder_snr_median']:.3f} | "
+                     f"{r['encoder_grad_variance_mean']:.3g} | {r['decoder_grad_variance_mean']:.3g} | "
+                     f"{r['ms_per_gradient']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
+    from .plots import plt
+
+    families = sorted({r["estimator"] for r in rows})
+    paths = [out / "bound_vs_particles.png", out / "snr_vs_particles.png"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for fam in families:
+        pts = [r for r in rows if r["estimator"] == fam]
+        ax.errorbar([r["particles"] for r in pts], [r["bound_mean"] for r in pts],
+                    yerr=[r["bound_stderr"] for r in pts], marker="o", capsize=3, label=fam)
+    ax.set_xscale("log")
+    ax.set_xlabel("particles L (samples K for iwae)")
+    ax.set_ylabel("bound on log p(x) (nats/image)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for ax, group in zip(axes, ("encoder", "decoder")):
+        for fam in families:
+            pts = [r for r in rows if r["estimator"] == fam]
+            ax.plot([r["particles"] for r in pts], [r[f"{group}_snr_median"] for r in pts], marker="o", label=fam)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{group} ({'guide' if group == 'encoder' else 'model'}) gradient SNR, median over parameters",
+                     fontsize=9)
+        ax.set_xlabel("particles L (samples K for iwae)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def run_fixed_model(args) -> None:
+    import torch
+
+    from . import runs
+    from .data import load_dataset
+    from .trainer import resolve_device
+
+    device = resolve_device(args.device)
+    run_dir = Path(args.run_dir)
+    config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
+    vae = runs.load_run(run_dir, device)
+    data = load_dataset(config["dataset"], config["binarize"], args.data_dir or config["data_dir"],
+                        device, valid_size=config["valid_size"])
+    images = data.test.images[:args.num_images]
+    if args.grad_batch > len(data.test):
+        raise UsageError(f"--grad-batch {args.grad_batch} is larger than the test set")
+    batch = data.test.images[:args.grad_batch]
+    rows = score_fixed_model(vae, images, batch, args.specs, args.repeats, args.seed, not args.no_progress)
+    out = Path(args.out or run_dir / "comparison")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"mode": "fixed-model", "run_dir": str(run_dir), "num_images": len(images),
+                "grad_batch": len(batch), "repeats": args.repeats, "seed": args.seed,
+                "device": str(device), "torch_threads": torch.get_num_threads()}
+    runs.write_json(out / "comparison.json", {"settings": settings, "estimators": rows})
+    figures = plot_fixed_model(rows, out)
+    table = fixed_model_table(rows)
+    (out / "comparison.md").write_text(
+        f"# Estimator comparison on a fixed model\n\nModel: `{run_dir}`; bound over the first "
+        f"{len(images)} test images (mean ± standard error); gradient statistics over {args.repeats} "
+        f"draws on a fixed batch of {len(batch)} test images.\n\n{table}\n\n"
+        + "".join(f"![{f.stem}]({f.name})\n" for f in figures))
+    print(table)
+    print(f"wrote {out}/comparison.md, comparison.json, {', '.join(f.name for f in figures)}")
+
+
+def run_training(args) -> None:
+    from . import runs
+    from .data import load_dataset
+    from .plots import plt
+    from .train import train_and_report
+    from .trainer import TrainConfig, resolve_device
+
+    device = resolve_device(args.device)
+    out = Path(args.out or Path("runs") / f"compare-train-{time.strftime('%Y%m%d-%H%M%S')}")
+    base = dict(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+                train_size=args.train_size, latent_dim=args.latent_dim, hidden_dims=args.hidden_dims,
+                seed=args.seed, device=args.device, eval_samples=args.eval_samples)
+    data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
+    budgets = [("epochs", {"epochs": args.epochs})]
+    if args.wall_seconds:
+        budgets.append(("time", {"epochs": 10_000, "max_seconds": args.wall_seconds}))
+    results = []
+    for budget, limits in budgets:
+        for name, particles in args.specs:
+            tag = f"{name}-{particles}-{budget}"
+            config = TrainConfig(**base, **limits, elbo=name, num_particles=particles,
+                                 vectorize_particles=particles > 1, run_dir=str(out / tag))
+            resume = (out / tag / runs.CHECKPOINT_FILE).exists()  # an interrupted comparison goes on
+            print(f"--- {label(name, particles)}, budget: {budget}")
+            report = train_and_report(config, resume=resume, progress=not args.no_progress, dataset=data)
+            history, evaluation = report["history"], report["eval"] or {"summary": {}}
+            results.append({"estimator": name, "particles": particles, "label": label(name, particles),
+                            "budget": budget, "epochs": len(history),
+                            "train_seconds": sum(r["epoch_seconds"] for r in history),
+                            "final_test_elbo": history[-1]["test_elbo"],
+                            "log_px": evaluation["summary"].get("log_px_mean"),
+                            "log_px_stderr": evaluation["summary"].get("log_px_stderr"),
+                            "history": history})
+    runs.write_json(out / "comparison.json", {"settings": {**base, "mode": "train", "epochs": args.epochs,
+                                                           "wall_seconds": args.wall_seconds},
+                                              "estimators": results})
+    lines = ["| estimator | budget | epochs | train s | final test ELBO | IS log p(x) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        lp = "n/a" if r["log_px"] is None else f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f}"
+        lines.append(f"| {r['label']} | {r['budget']} | {r['epochs']} | {r['train_seconds']:.0f} | "
+                     f"{r['final_test_elbo']:.2f} | {lp} |")
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
+    for ax, (budget, _) in zip(axes[0], budgets):
+        for r in (r for r in results if r["budget"] == budget):
+            xs = ([row["images_seen"] for row in r["history"]] if budget == "epochs"
+                  else _cumulative([row["epoch_seconds"] for row in r["history"]]))
+            ax.plot(xs, [row["test_elbo"] for row in r["history"]], marker="o", markersize=3, label=r["label"])
+        ax.set_xlabel("training images seen" if budget == "epochs" else "training seconds")
+        ax.set_ylabel("test ELBO (nats/image)")
+        ax.set_title(f"same {budget} budget", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+    table = "\n".join(lines)
+    (out / "comparison.md").write_text(f"# Estimators trained under the same budget\n\n{table}\n\n"
+                                       "![learning curves](learning_curves.png)\n")
+    print(table)
+    print(f"wrote {out}/comparison.md")
+
+
+def _cumulative(values):
+    total, out = 0.0, []
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m pyro_vae.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", help="a trained run (fixed-model mode)")
+    p.add_argument("--train", action="store_true", help="training mode: train one model per estimator")
+    p.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help=f"NAME:PARTICLES list (default {DEFAULT_ESTIMATORS})")
+    p.add_argument("--num-images", type=positive_int, default=1000, help="test images for the bound (1000)")
+    p.add_argument("--grad-batch", type=positive_int, default=100, help="the fixed gradient minibatch (100)")
+    p.add_argument("--repeats", type=positive_int, default=100, help="R, gradient draws for the SNR (100)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="training mode: epoch budget (5)")
+    p.add_argument("--wall-seconds", type=positive_float, help="training mode: also a wall-time budget per estimator")
+    p.add_argument("--train-size", type=positive_int, help="training mode: first N training images")
+    p.add_argument("--eval-samples", type=int, default=100, help="training mode: K for IS log p(x) (100)")
+    p.add_argument("--latent-dim", type=positive_int, default=20)
+    p.add_argument("--hidden-dims", type=positive_int, nargs="+", default=[500])
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--binarize", help="default: the dataset's (see train --help)")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (fixed-model: RUN_DIR/comparison; training: runs/compare-train-<time>)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.specs = parse_estimators(args.estimators)
+    if args.train == bool(args.run_dir):
+        raise UsageError("give either RUN_DIR (fixed-model mode) or --train (training mode)")
+    if args.run_dir and not Path(args.run_dir).is_dir():
+        raise UsageError(f"{args.run_dir} is not a directory")
+    if args.eval_samples < 0:
+        raise UsageError("--eval-samples must be >= 0")
+    (run_training if args.train else run_fixed_model)(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

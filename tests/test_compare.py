@@ -1,0 +1,83 @@
+"""Estimator comparison: the statistics it reports, checked where they are known."""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import compare
+from pyro_vae.gradients import gradient_moments, snr_summary
+from pyro_vae.model import VAE
+from pyro_vae.objectives import make_elbo
+from tests.test_cli import call
+
+
+def test_gradient_snr_on_a_toy_with_known_moments():
+    # loss = sum_j theta_j (a_j + b_j eps_j): the gradient is a + b eps, mean a, variance b^2
+    torch.manual_seed(0)
+    a = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    b = torch.tensor([0.5, 4.0, 1.0, 0.1])
+    theta = torch.zeros(4, requires_grad=True)
+    moments = gradient_moments(lambda: (theta * (a + b * torch.randn(4))).sum(), {"toy": [theta]}, 20_000)["toy"]
+    assert torch.allclose(moments.mean.float(), a, atol=0.05)
+    assert torch.allclose(moments.variance.sqrt().float(), b, rtol=0.03)
+    snr = (a.abs() / b).sort().values
+    summary = snr_summary(moments)
+    assert summary["snr_median"] == pytest.approx(snr[1:3].mean().item(), rel=0.05)
+    assert summary["snr_mean"] == pytest.approx(snr.mean().item(), rel=0.05)
+
+
+def repeated_bounds(name, particles, vae, x, repeats):
+    elbo = make_elbo(name, particles, vectorize=particles > 1)
+    with torch.no_grad():
+        return torch.tensor([-elbo.differentiable_loss(vae.model, vae.guide, x).item() for _ in range(repeats)])
+
+
+@pytest.fixture
+def small_model():
+    pyro.set_rng_seed(0)
+    vae = VAE(latent_dim=4, hidden_dims=(32,), binary_data=True)
+    vae.encoder.loc.bias.data.fill_(0.8)  # a KL of a few nats, so the KL's noise matters
+    x = torch.bernoulli(torch.full((8, 784), 0.15), generator=torch.Generator().manual_seed(1))
+    return vae, x
+
+
+def test_trace_and_meanfield_agree_and_meanfield_has_lower_variance(small_model):
+    vae, x = small_model
+    trace = repeated_bounds("trace", 1, vae, x, 400)
+    meanfield = repeated_bounds("meanfield", 1, vae, x, 400)
+    stderr = math.sqrt(trace.var() / 400 + meanfield.var() / 400)
+    assert abs(trace.mean() - meanfield.mean()) < 4 * stderr
+    assert meanfield.var() < trace.var()
+
+
+def test_iwae_bound_is_above_the_elbo_and_grows_with_k(small_model):
+    vae, x = small_model
+    means = [repeated_bounds("iwae", k, vae, x, 100).mean().item() for k in (1, 5, 50)]
+    elbo = repeated_bounds("trace", 1, vae, x, 100).mean().item()
+    assert means[0] == pytest.approx(elbo, abs=2.0)  # iwae with K=1 is the ELBO
+    assert elbo < means[1] < means[2]
+
+
+def test_fixed_model_scores_every_estimator(small_model):
+    vae, x = small_model
+    specs = compare.parse_estimators("trace:1,meanfield:1,iwae:5")
+    rows = compare.score_fixed_model(vae, x[:4], x, specs, repeats=5, seed=0, progress=False)
+    assert [r["label"] for r in rows] == ["trace L=1", "meanfield L=1", "iwae K=5"]
+    for r in rows:
+        assert r["encoder_num_parameters"] == sum(p.numel() for p in vae.encoder.parameters())
+        assert r["decoder_snr_median"] > 0 and r["ms_per_gradient"] > 0
+    assert rows[2]["bound_mean"] > rows[0]["bound_mean"] - 5
+    assert "iwae K=5" in compare.fixed_model_table(rows)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--train", "--estimators", "trace:1,bogus:2"], "unknown estimator"),
+    (["--train", "--estimators", "iwae:0"], "positive"),
+    ([], "either RUN_DIR"),
+    (["/nonexistent/run"], "not a directory"),
+])
+def test_bad_compare_input(argv, message, capsys):
+    status, err = call(compare.main, argv, capsys)
+    assert status == 2 and message in err and err.count("\n") == 1, err
