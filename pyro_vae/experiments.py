@@ -1,0 +1,267 @@
+"""The seed's experiments: ``python -m pyro_vae.experiments {latent-sweep,manifold,figures}``.
+
+latent-sweep  Trains the seed model for each latent size J (3, 5, 10, 20, 200 by default) and
+              plots train/test ELBO against training images seen, one panel per J, as Kingma &
+              Welling's Figure 2, plus final test ELBO and IS log p(x) against J. Each J is an
+              ordinary run directory: finished ones are skipped, interrupted ones resumed.
+manifold      A J = 2 model (trained here, or ``--run-dir``): decoder means over a grid of z made
+              by the inverse Gaussian CDF of an evenly spaced grid in the unit square (Kingma &
+              Welling's Figure 4), and the test set's latent means coloured by label.
+figures       Reconstructions, prior samples and learning curves of any run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
+
+DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
+
+
+def latent_grid(points_per_side: int) -> torch.Tensor:
+    """(n*n, 2) latent points: Phi^-1 of the centres of an n x n grid of cells in (0, 1)^2.
+    Rows run from high z_2 (top of the picture) to low, columns from low z_1 to high."""
+    u = (torch.arange(points_per_side, dtype=torch.float64) + 0.5) / points_per_side
+    z = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    z2, z1 = torch.meshgrid(z.flip(0), z, indexing="ij")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).float()
+
+
+def _run_is_finished(run_dir: Path, epochs: int, eval_samples: int) -> bool:
+    from . import runs
+
+    path = run_dir / runs.CHECKPOINT_FILE
+    if not path.exists():
+        return False
+    done = runs.load_checkpoint(path)["epoch"] >= epochs
+    return done and (eval_samples == 0 or (run_dir / f"eval_test_K{eval_samples}.json").exists())
+
+
+def latent_sweep(args) -> None:
+    from . import runs
+    from .data import load_dataset
+    from .train import train_and_report
+    from .trainer import TrainConfig, resolve_device
+
+    out = Path(args.out)
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
+    results = []
+    for latent_dim in args.latent_dims:
+        run_dir = out / f"J{latent_dim}"
+        if _run_is_finished(run_dir, args.epochs, args.eval_samples):
+            print(f"J={latent_dim}: finished run in {run_dir}, skipped")
+        else:
+            resume = (run_dir / runs.CHECKPOINT_FILE).exists()
+            print(f"J={latent_dim}: {'resuming' if resume else 'training'} in {run_dir}")
+            config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+                                 train_size=args.train_size, latent_dim=latent_dim,
+                                 hidden_dims=args.hidden_dims, epochs=args.epochs,
+                                 optimizer=args.optimizer, lr=args.lr, seed=args.seed,
+                                 device=args.device, eval_samples=args.eval_samples, run_dir=str(run_dir))
+            train_and_report(config, resume=resume, progress=not args.no_progress, dataset=data)
+        history = runs.read_metrics(run_dir / runs.METRICS_FILE)[: args.epochs]
+        evaluation = run_dir / f"eval_test_K{args.eval_samples}.json"
+        summary = json.loads(evaluation.read_text())["summary"] if args.eval_samples else {}
+        results.append({"latent_dim": latent_dim, "epochs": len(history),
+                        "train_elbo": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
+                        "log_px": summary.get("log_px_mean", math.nan),
+                        "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
+    _write_sweep(results, out, args)
+
+
+def _write_sweep(results: list[dict], out: Path, args) -> None:
+    from .plots import plt
+
+    fields = ["latent_dim", "epochs", "train_elbo", "test_elbo", "log_px", "log_px_stderr"]
+    with open(out / "latent_sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results)
+    lines = ["| J | epochs | train ELBO | test ELBO | IS log p(x), K=%d |" % args.eval_samples,
+             "|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['latent_dim']} | {r['epochs']} | {r['train_elbo']:.2f} | {r['test_elbo']:.2f} | "
+                     f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} |")
+    (out / "latent_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), sharey=True, squeeze=False)
+    for ax, r in zip(axes[0], results):
+        seen = [row["images_seen"] for row in r["history"]]
+        ax.plot(seen, [row["train_elbo"] for row in r["history"]], label="train")
+        ax.plot(seen, [row["test_elbo"] for row in r["history"]], "--", label="test")
+        ax.set_xscale("log")
+        ax.set_title(f"$N_z$ = {r['latent_dim']}", fontsize=10)
+        ax.set_xlabel("training images seen")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("ELBO (nats per image)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "latent_sweep_curves.png", dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    dims = [r["latent_dim"] for r in results]
+    ax.plot(dims, [r["test_elbo"] for r in results], marker="o", label="test ELBO")
+    if args.eval_samples:
+        ax.errorbar(dims, [r["log_px"] for r in results], yerr=[r["log_px_stderr"] for r in results],
+                    marker="s", capsize=3, label=f"IS log p(x), K={args.eval_samples}")
+    ax.set_xscale("log")
+    ax.set_xticks(dims)
+    ax.set_xticklabels([str(d) for d in dims])
+    ax.set_xlabel("latent dimension J")
+    ax.set_ylabel("nats per test image")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latent_sweep_summary.png", dpi=90)
+    plt.close(fig)
+    print(f"wrote {out}/latent_sweep.csv, latent_sweep.md, latent_sweep_curves.png, latent_sweep_summary.png")
+
+
+def manifold(args) -> None:
+    from . import runs
+    from .data import load_dataset
+    from .train import train_and_report
+    from .trainer import TrainConfig, resolve_device
+
+    device = resolve_device(args.device)
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
+        data = load_dataset(config["dataset"], config["binarize"], args.data_dir or config["data_dir"],
+                            device, valid_size=config["valid_size"])
+    else:
+        run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
+        data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
+        if not _run_is_finished(run_dir, args.epochs, 0):
+            config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+                                 train_size=args.train_size, latent_dim=2, hidden_dims=args.hidden_dims,
+                                 epochs=args.epochs, seed=args.seed, device=args.device,
+                                 eval_samples=0, run_dir=str(run_dir))
+            train_and_report(config, resume=(run_dir / runs.CHECKPOINT_FILE).exists(),
+                             progress=not args.no_progress, dataset=data)
+    vae = runs.load_run(run_dir, device)
+    if vae.latent_dim != 2:
+        raise UsageError(f"{run_dir} has a {vae.latent_dim}-D latent; the manifold needs J = 2")
+    class_names = _class_names(data.name)
+    paths = draw_manifold(vae, data.test.images, data.test.labels, run_dir, args.grid_size, class_names)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _class_names(dataset: str) -> list[str] | None:
+    if dataset == "fashion-mnist":
+        from torchvision.datasets import FashionMNIST
+
+        return list(FashionMNIST.classes)
+    return None
+
+
+@torch.no_grad()
+def draw_manifold(vae, images: torch.Tensor, labels: torch.Tensor | None, out: Path,
+                  grid_size: int = 20, class_names: list[str] | None = None) -> list[Path]:
+    from .plots import plt, save_image_grid
+
+    device = next(vae.parameters()).device
+    z = latent_grid(grid_size).to(device)
+    means = torch.sigmoid(vae.decoder(z))
+    paths = [Path(out) / "manifold.png", Path(out) / "latent_scatter.png"]
+    save_image_grid(means, paths[0], nrow=grid_size, title="decoder means over z = Phi^-1(grid in the unit square)")
+    loc = torch.cat([vae.encoder(images[i:i + 1000])[0] for i in range(0, len(images), 1000)]).cpu()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    if labels is None:
+        ax.scatter(loc[:, 0], loc[:, 1], s=2, alpha=0.5)
+    else:
+        labels = labels.cpu()
+        cmap = plt.get_cmap("tab10")
+        for value in sorted(labels.unique().tolist()):
+            pick = labels == value
+            name = class_names[value] if class_names else str(value)
+            ax.scatter(loc[pick, 0], loc[pick, 1], s=2, alpha=0.6, color=cmap(value % 10), label=name)
+        ax.legend(markerscale=6, fontsize=8, loc="best", title="label")
+    ax.set_xlabel("$z_1$ (encoder mean)")
+    ax.set_ylabel("$z_2$ (encoder mean)")
+    ax.set_title("test images in latent space", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def figures(args) -> None:
+    from . import runs
+    from .data import load_dataset
+    from .plots import draw_run_figures
+    from .trainer import resolve_device
+
+    device = resolve_device(args.device)
+    run_dir = Path(args.run_dir)
+    config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
+    vae = runs.load_run(run_dir, device)
+    data = load_dataset(config["dataset"], config["binarize"], args.data_dir or config["data_dir"],
+                        device, valid_size=config["valid_size"])
+    history = runs.read_metrics(run_dir / runs.METRICS_FILE)
+    paths = draw_run_figures(vae, history, data.test.images, run_dir,
+                             f"{config['dataset']}, {config['elbo']} L={config['num_particles']}, J={config['latent_dim']}")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m pyro_vae.experiments", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    def common(q, epochs):
+        q.add_argument("--epochs", type=positive_int, default=epochs, help=f"(default {epochs})")
+        q.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, binarized-mnist (default mnist)")
+        q.add_argument("--binarize", help="default: the dataset's (grey levels for mnist, as the seed)")
+        q.add_argument("--train-size", type=positive_int, help="first N training images only")
+        q.add_argument("--hidden-dims", type=positive_int, nargs="+", default=[500])
+        q.add_argument("--data-dir")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--out", default="runs", help="parent folder of the runs (default runs)")
+        q.add_argument("--no-progress", action="store_true")
+
+    sweep = sub.add_parser("latent-sweep", help="test ELBO against latent size (Kingma & Welling Fig. 2)")
+    common(sweep, 5)
+    sweep.add_argument("--latent-dims", type=positive_int, nargs="+", default=list(DEFAULT_LATENT_DIMS))
+    sweep.add_argument("--optimizer", default="adam", help="adam or adagrad (default adam)")
+    sweep.add_argument("--lr", type=float)
+    sweep.add_argument("--eval-samples", type=non_negative_int, default=100,
+                       help="K of the IS log p(x) of each model (default 100; 0 skips)")
+    manifold_parser = sub.add_parser("manifold", help="the learned 2-D manifold (Kingma & Welling Fig. 4)")
+    common(manifold_parser, 10)
+    manifold_parser.add_argument("--run-dir", help="use this trained J = 2 run instead of training one")
+    manifold_parser.add_argument("--grid-size", type=positive_int, default=20, help="images per side (20)")
+    figures_parser = sub.add_parser("figures", help="reconstructions, prior samples, curves of a run")
+    figures_parser.add_argument("run_dir")
+    figures_parser.add_argument("--data-dir")
+    figures_parser.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "latent-sweep":
+        args.out = str(Path(args.out) / "latent-sweep")
+        if args.optimizer not in ("adam", "adagrad"):
+            raise UsageError(f"unknown --optimizer {args.optimizer!r}; choose from adam, adagrad")
+        latent_sweep(args)
+    elif args.command == "manifold":
+        manifold(args)
+    else:
+        if not Path(args.run_dir).is_dir():
+            raise UsageError(f"{args.run_dir} is not a directory")
+        figures(args)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,58 @@
+"""The seed's experiments: the latent grid, the sweep's skip/resume, and every figure command."""
+
+import torch
+
+from pyro_vae import experiments
+from pyro_vae.model import VAE
+from pyro_vae.runs import read_metrics
+
+
+def test_latent_grid_is_the_inverse_normal_cdf_of_an_even_grid():
+    z = experiments.latent_grid(4).double()
+    assert z.shape == (16, 2)
+    u = torch.distributions.Normal(0.0, 1.0).cdf(z)
+    assert torch.allclose(u[:4, 0], torch.tensor([0.125, 0.375, 0.625, 0.875], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(u[::4, 1], torch.tensor([0.875, 0.625, 0.375, 0.125], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(z.sum(0), torch.zeros(2, dtype=torch.float64), atol=1e-5)  # symmetric about 0
+
+
+def sweep(tmp_path, epochs, capsys):
+    experiments.main(["latent-sweep", "--latent-dims", "2", "3", "--epochs", str(epochs), "--train-size", "300",
+                      "--hidden-dims", "32", "--eval-samples", "3", "--out", str(tmp_path), "--no-progress"])
+    return capsys.readouterr().out
+
+
+def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    first = sweep(tmp_path, 1, capsys)
+    assert "J=2: training" in first and "J=3: training" in first
+    out = tmp_path / "latent-sweep"
+    for name in ("latent_sweep.csv", "latent_sweep.md", "latent_sweep_curves.png", "latent_sweep_summary.png"):
+        assert (out / name).stat().st_size > 0
+    again = sweep(tmp_path, 1, capsys)
+    assert "J=2: finished run" in again and "skipped" in again and "training" not in again
+    longer = sweep(tmp_path, 2, capsys)
+    assert "J=2: resuming" in longer
+    assert [row["epoch"] for row in read_metrics(out / "J2" / "metrics.csv")] == [1, 2]
+    assert "| 3 | 2 |" in (out / "latent_sweep.md").read_text()
+
+
+def test_manifold_and_figures_write_pngs(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    experiments.main(["manifold", "--epochs", "1", "--train-size", "300", "--hidden-dims", "32",
+                      "--grid-size", "5", "--out", str(tmp_path), "--no-progress"])
+    run = tmp_path / "manifold-mnist-J2"
+    for name in ("manifold.png", "latent_scatter.png"):
+        assert (run / name).stat().st_size > 1000
+    for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
+        (run / name).unlink()
+    experiments.main(["figures", str(run)])
+    for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
+        assert (run / name).stat().st_size > 1000
+
+
+def test_draw_manifold_with_class_names(tmp_path):
+    vae = VAE(latent_dim=2, hidden_dims=(8,))
+    images, labels = torch.rand(50, 784), torch.arange(50) % 10
+    paths = experiments.draw_manifold(vae, images, labels, tmp_path, 3, [f"class {i}" for i in range(10)])
+    assert all(p.stat().st_size > 1000 for p in paths)
