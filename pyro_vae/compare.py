@@ -10,7 +10,6 @@ Both write comparison.md, comparison.json and PNGs into ``--out``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -128,15 +127,11 @@ def run_fixed_model(args) -> None:
     import torch
 
     from . import runs
-    from .data import load_dataset
     from .trainer import resolve_device
 
     device = resolve_device(args.device)
     run_dir = Path(args.run_dir)
-    config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
-    vae = runs.load_run(run_dir, device)
-    data = load_dataset(config["dataset"], config["binarize"], args.data_dir or config["data_dir"],
-                        device, valid_size=config["valid_size"])
+    vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
     images = data.test.images[:args.num_images]
     if args.grad_batch > len(data.test):
         raise UsageError(f"--grad-batch {args.grad_batch} is larger than the test set")

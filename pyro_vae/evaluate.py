@@ -41,7 +41,6 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                  iwae_k: int = 50, seed: int = 0, limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None) -> dict:
     """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
-    from .data import load_dataset
     from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
     from .trainer import resolve_device
 
@@ -51,11 +50,11 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         raise UsageError(f"--num-samples must be a positive integer, got {num_samples}")
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
-    config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE, "cpu")["config"]
-    vae = runs.load_run(run_dir, torch_device)
     if dataset is None:
-        dataset = load_dataset(config["dataset"], config["binarize"], data_dir or config["data_dir"],
-                               torch_device, valid_size=config["valid_size"])
+        vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir)
+    else:
+        config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE, "cpu")["config"]
+        vae = runs.load_run(run_dir, torch_device)
     images = dataset.split(split).images[:limit]
     if len(images) == 0:
         raise UsageError(f"the {split} split of this run is empty")

@@ -136,9 +136,7 @@ def manifold(args) -> None:
     device = resolve_device(args.device)
     if args.run_dir:
         run_dir = Path(args.run_dir)
-        config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
-        data = load_dataset(config["dataset"], config["binarize"], args.data_dir or config["data_dir"],
-                            device, valid_size=config["valid_size"])
+        _, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
     else:
         run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
         data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
@@ -198,16 +196,11 @@ def draw_manifold(vae, images: torch.Tensor, labels: torch.Tensor | None, out: P
 
 def figures(args) -> None:
     from . import runs
-    from .data import load_dataset
     from .plots import draw_run_figures
     from .trainer import resolve_device
 
-    device = resolve_device(args.device)
     run_dir = Path(args.run_dir)
-    config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
-    vae = runs.load_run(run_dir, device)
-    data = load_dataset(config["dataset"], config["binarize"], args.data_dir or config["data_dir"],
-                        device, valid_size=config["valid_size"])
+    vae, config, data = runs.load_run_and_data(run_dir, resolve_device(args.device), args.data_dir)
     history = runs.read_metrics(run_dir / runs.METRICS_FILE)
     paths = draw_run_figures(vae, history, data.test.images, run_dir,
                              f"{config['dataset']}, {config['elbo']} L={config['num_particles']}, J={config['latent_dim']}")

@@ -176,3 +176,15 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> 
         raise UsageError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
     pyro.clear_param_store()
     return vae.eval()
+
+
+def load_run_and_data(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
+                      data_dir: str | None = None):
+    """(vae, config, dataset): a trained run with its data set, split as it was for training."""
+    from .data import load_dataset
+
+    config = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, "cpu")["config"]
+    vae = load_run(run_dir, device)
+    dataset = load_dataset(config["dataset"], config["binarize"], data_dir or config["data_dir"],
+                           device, valid_size=config["valid_size"])
+    return vae, config, dataset

@@ -1,6 +1,5 @@
 """Data: where files are looked for, what is loaded, and the errors when they are wrong."""
 
-import gzip
 import os
 import shutil
 from pathlib import Path

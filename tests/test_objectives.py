@@ -5,7 +5,7 @@ import math
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI, RenyiELBO, Trace_ELBO
+from pyro.infer import SVI, RenyiELBO
 
 from pyro_vae.cli import UsageError
 from pyro_vae.marginal import log_importance_weights
