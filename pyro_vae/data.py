@@ -85,17 +85,22 @@ class Dataset:
         return -(-len(self.train) // batch_size)
 
     def train_batches(
-        self, epoch: int, batch_size: int, seed: int, start: int = 0
+        self, epoch: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1
     ) -> Iterator[torch.Tensor]:
         """Minibatches of one epoch: index slices of a permutation fixed by (seed, epoch).
 
         The order does not depend on any global RNG, so a resumed run sees the same batches;
-        dynamic binarization draws from torch's global RNG, whose state checkpoints keep.
+        dynamic binarization draws from torch's global RNG, whose state checkpoints keep. With
+        several ranks, step s covers the next ``batch_size * world_size`` images of the
+        permutation and rank r takes the r-th slice of ``batch_size`` of them.
         """
         images = self.train.images
         order = epoch_permutation(len(images), seed, epoch).to(images.device)
-        for begin in range(start * batch_size, len(images), batch_size):
-            batch = images[order[begin : begin + batch_size]]
+        step_size = batch_size * world_size
+        for begin in range(start * step_size, len(images), step_size):
+            # tensor_split: equal slices of batch_size; the last, short step is dealt evenly
+            mine = torch.tensor_split(order[begin : begin + step_size], world_size)[rank]
+            batch = images[mine]
             yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import runs
+from . import distributed, runs
 from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
 
 SPLITS = ("test", "valid")
@@ -49,7 +49,8 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     if num_samples < 1:
         raise UsageError(f"--num-samples must be a positive integer, got {num_samples}")
     run_dir = Path(run_dir)
-    torch_device = resolve_device(device)
+    world = distributed.current_world()
+    torch_device = distributed.local_device(resolve_device(device), world)
     if dataset is None:
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir)
     else:
@@ -62,7 +63,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     per_image = estimate_log_likelihood(
         vae.model, vae.guide, images, num_samples, batch_size=batch_size,
         max_memory_mb=max_memory_mb, seed=seed, iwae_k=iwae_k,
-        bytes_per_row=vae_bytes_per_row(vae), progress=progress)
+        bytes_per_row=vae_bytes_per_row(vae), progress=progress, world=world)
     report = {
         "settings": {"run_dir": str(run_dir), "split": split, "num_images": len(images),
                      "num_samples": num_samples, "iwae_k": min(iwae_k, num_samples), "seed": seed,
@@ -71,10 +72,12 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                      "binarize": config["binarize"]},
         "summary": summarize(per_image, num_samples),
         "seconds": round(time.perf_counter() - started, 3),
+        "processes": world.size,
         "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
     }
     path = run_dir / f"eval_{split}_K{num_samples}.json"
-    runs.write_json(path, report)
+    if world.is_main:
+        runs.write_json(path, report)
     report["path"] = str(path)
     return report
 
@@ -100,6 +103,9 @@ def format_summary(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from .trainer import resolve_device
+
+    world = distributed.init_world(resolve_device(args.device))
     if args.split not in SPLITS:
         raise UsageError(f"unknown --split {args.split!r}; choose from {', '.join(SPLITS)}")
     if not Path(args.run_dir).is_dir():
@@ -107,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
                           args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
                           progress=not args.no_progress)
-    print(format_summary(report))
-    print(f"wrote {report['path']}")
+    if world.is_main:
+        print(format_summary(report))
+        print(f"wrote {report['path']}")
 
 
 if __name__ == "__main__":

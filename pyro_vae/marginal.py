@@ -27,6 +27,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import World, gather_objects
 from .objectives import MAX_PLATE_NESTING
 
 PARTICLE_DIM = -(MAX_PLATE_NESTING + 1)
@@ -120,24 +121,29 @@ def batch_seed(seed: int, batch_index: int) -> int:
 @torch.no_grad()
 def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tensor, num_samples: int,
                             *, batch_size: int = 100, max_memory_mb: float = 1024.0, seed: int = 0,
-                            iwae_k: int = 50, bytes_per_row: int = 16_384,
-                            progress: bool = False) -> dict[str, torch.Tensor]:
+                            iwae_k: int = 50, bytes_per_row: int = 16_384, progress: bool = False,
+                            world: World | None = None) -> dict[str, torch.Tensor]:
     """Per-image log p^(x), ELBO, IWAE_k bound and ESS (float64 tensors of len(images)).
 
     Images go in batches of at most ``batch_size`` (fewer if memory needs it), each seeded by
     ``batch_seed(seed, index)`` inside a forked RNG, so the caller's random stream is untouched
-    and a given seed gives the same numbers.
+    and a given seed gives the same numbers. With a ``world`` of several ranks, batch i goes to
+    rank i mod size and every rank returns the gathered result: the same numbers as one process.
     """
+    world = world or World()
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     iwae_k = min(iwae_k, num_samples)
     plan = plan_chunks(num_samples, len(images), bytes_per_row, max_memory_mb, batch_size, iwae_k)
-    parts: dict[str, list[torch.Tensor]] = {}
+    parts: list[tuple[int, dict[str, torch.Tensor]]] = []
     devices = [images.device] if images.device.type == "cuda" else []
-    bar = tqdm(total=len(images) * num_samples, unit="sample", unit_scale=True,
-               disable=None if progress else True, desc="log p(x)", dynamic_ncols=True)
+    starts = list(range(0, len(images), plan.images_per_chunk))
+    mine = [(i, b) for i, b in enumerate(starts) if i % world.size == world.rank]
+    bar = tqdm(total=sum(min(plan.images_per_chunk, len(images) - b) for _, b in mine) * num_samples,
+               unit="sample", unit_scale=True, disable=None if progress else True, desc="log p(x)",
+               dynamic_ncols=True)
     with torch.random.fork_rng(devices=devices):
-        for index, begin in enumerate(range(0, len(images), plan.images_per_chunk)):
+        for index, begin in mine:
             torch.manual_seed(batch_seed(seed, index))
             x = images[begin:begin + plan.images_per_chunk]
             acc = WeightAccumulator(len(x), iwae_k, device=x.device)
@@ -145,10 +151,13 @@ def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tens
                 k = min(plan.samples_per_chunk, num_samples - drawn)
                 acc.add(log_importance_weights(model, guide, x, k))
                 bar.update(k * len(x))
-            for name, value in acc.result().items():
-                parts.setdefault(name, []).append(value)
+            parts.append((index, acc.result()))
     bar.close()
-    return {name: torch.cat(values) for name, values in parts.items()}
+    if world.active:
+        shipped = [(i, {k: v.cpu() for k, v in r.items()}) for i, r in parts]
+        parts = [part for rank_parts in gather_objects(shipped, world) for part in rank_parts]
+    parts.sort(key=lambda part: part[0])
+    return {name: torch.cat([r[name].to(images.device) for _, r in parts]) for name in parts[0][1]}
 
 
 def summarize(per_image: dict[str, torch.Tensor], num_samples: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ from .cli import ArgumentParser, UsageError, non_negative_int, positive_float, p
 from .data import BINARIZATIONS, DATASETS
 from .objectives import OBJECTIVES
 from .trainer import OPTIMIZERS, Interrupted, TrainConfig, train
-from . import runs
+from . import distributed, runs
 
 DEFAULTS = TrainConfig()
 # flags a resumed run may change; every other setting is the run's own
@@ -109,22 +109,26 @@ def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool 
     from .plots import draw_run_figures
     from .trainer import resolve_device
 
-    device = resolve_device(config.device)
+    world = distributed.init_world(resolve_device(config.device))
+    device = distributed.local_device(resolve_device(config.device), world)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
                                config.train_size, config.valid_size)
-    history = train(config, dataset, resume=resume, overwrite=overwrite, progress=progress)
+    history = train(config, dataset, resume=resume, overwrite=overwrite,
+                    progress=progress and world.is_main)
     vae = runs.load_run(config.run_dir, device)
-    title = (f"{config.dataset} ({dataset.binarize}), {config.elbo} L={config.num_particles}, "
-             f"J={config.latent_dim}, hidden {list(config.hidden_dims)}")
-    figures = draw_run_figures(vae, history, dataset.test.images, Path(config.run_dir), title)
-    print(f"figures: {', '.join(str(f) for f in figures)}")
+    say = print if world.is_main else (lambda *_: None)
+    if world.is_main:
+        title = (f"{config.dataset} ({dataset.binarize}), {config.elbo} L={config.num_particles}, "
+                 f"J={config.latent_dim}, hidden {list(config.hidden_dims)}")
+        figures = draw_run_figures(vae, history, dataset.test.images, Path(config.run_dir), title)
+        say(f"figures: {', '.join(str(f) for f in figures)}")
     report = None
     if config.eval_samples:
         report = evaluate_run(config.run_dir, config.eval_samples, "test", config.device,
-                              progress=progress, dataset=dataset)
-        print(format_summary(report))
-    print(f"run directory: {config.run_dir}")
+                              progress=progress and world.is_main, dataset=dataset)
+        say(format_summary(report))
+    say(f"run directory: {config.run_dir}")
     return {"history": history, "eval": report}
 
 
@@ -135,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_and_report(config, resume=args.resume, overwrite=args.overwrite,
                          progress=not args.no_progress)
     except Interrupted as stop:
-        print(f"{stop}; resume with: python -m pyro_vae.train --run-dir {config.run_dir} --resume")
+        if distributed.current_world().is_main:
+            print(f"{stop}; resume with: python -m pyro_vae.train --run-dir {config.run_dir} --resume")
         raise KeyboardInterrupt from None
 
 

@@ -24,7 +24,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from . import runs
+from . import distributed, runs
 from .cli import TrainingFailed, UsageError
 from .data import Dataset, load_dataset
 from .model import VAE
@@ -88,8 +88,8 @@ def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     return OPTIMIZERS[config.optimizer](parameters, lr=lr)
 
 
-def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer,
-              validate_every_step: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, validate_every_step: bool = False,
+              after_backward: Callable[[], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """One gradient step on a batch; returns the loss (-ELBO summed over the batch) on-device.
 
     Pyro's argument and shape validation runs on the first step only (it catches model/guide
@@ -111,6 +111,8 @@ def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer,
                 loss = elbo.differentiable_loss(vae.model, vae.guide, x)
                 loss.backward()
                 loss = loss.detach()
+            if after_backward is not None:  # e.g. summing gradients across ranks
+                after_backward()
             optimizer.step()
         validated = True
         return loss
@@ -183,27 +185,35 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
 
     Everything is checked (flags, run directory, data) before the first file is written.
     """
-    device = resolve_device(config.device)
+    world = distributed.init_world(resolve_device(config.device))
+    device = distributed.local_device(resolve_device(config.device), world)
     run_dir = Path(config.run_dir)
     check_run_dir(run_dir, resume, overwrite)
+    if not world.is_main:
+        log = _quiet
+        progress = False
     if dataset is None:
         dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
                                config.train_size, config.valid_size)
     config.binarize = dataset.binarize
-    if config.batch_size > len(dataset.train):
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the "
+    if config.batch_size * world.size > len(dataset.train):
+        raise UsageError(f"--batch-size {config.batch_size} x {world.size} process(es) is larger than the "
                          f"{len(dataset.train)} training images")
     pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    pyro.set_rng_seed(config.seed)  # the same initial parameters on every rank
     vae = runs.build_vae(config.to_dict()).to(device)
+    if world.active:  # but each rank its own samples
+        pyro.set_rng_seed(config.seed + 1_000_003 * (world.rank + 1))
     elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, config.jit,
                      **config.extra)
     optimizer = make_optimizer(config, vae.parameters())
     checkpoint_path = run_dir / runs.CHECKPOINT_FILE
     metrics_path = run_dir / runs.METRICS_FILE
-    if overwrite:
+    distributed.barrier(world)  # every rank has checked the run directory before rank 0 writes
+    if overwrite and world.is_main:
         runs.clear_run_outputs(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     start_epoch, start_step, history = 0, 0, []
     saved_losses, saved_seconds = None, 0.0
@@ -211,24 +221,41 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
         state = runs.load_checkpoint(checkpoint_path, device)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        runs.set_rng_state(state["rng"])
+        rank_states = state.get("rng_ranks") or [state["rng"]]
+        if len(rank_states) != world.size:
+            raise UsageError(f"{checkpoint_path} was written by {len(rank_states)} process(es); "
+                             f"resume it with the same number, not {world.size}")
+        runs.set_rng_state(rank_states[world.rank])
         start_epoch, start_step, history = state["epoch"], state["step"], list(state["history"])
         saved_losses, saved_seconds = state.get("epoch_losses"), state.get("epoch_seconds", 0.0)
-        runs.write_metrics(metrics_path, history)  # the checkpoint's history is the truth
-    runs.write_json(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "versions": _versions()})
+        if world.active:
+            saved_losses = state["epoch_losses_ranks"][world.rank] if start_step else None
+        if world.is_main:
+            runs.write_metrics(metrics_path, history)  # the checkpoint's history is the truth
+    if world.is_main:
+        runs.write_json(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "versions": _versions()})
 
-    def checkpoint(epoch: int, step: int, **partial) -> None:
-        runs.save_checkpoint(checkpoint_path, {
-            "config": config.to_dict(), "model": vae.state_dict(),
-            "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-            "history": history, "rng": runs.rng_state(), **partial})
+    def checkpoint(epoch: int, step: int, epoch_losses=None, epoch_seconds=0.0) -> None:
+        extra = {} if epoch_losses is None else {"epoch_losses": epoch_losses, "epoch_seconds": epoch_seconds}
+        rng = runs.rng_state()
+        if world.active:  # every rank's RNG and partial losses, so a resume is exact
+            extra["rng_ranks"] = distributed.gather_objects(rng, world)
+            if epoch_losses is not None:
+                extra["epoch_losses_ranks"] = distributed.gather_objects(epoch_losses, world)
+        if world.is_main:
+            runs.save_checkpoint(checkpoint_path, {
+                "config": config.to_dict(), "model": vae.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "history": history, "rng": rng, **extra})
+        distributed.barrier(world)
 
     if not resume:
         log(f"{config.dataset} ({dataset.binarize}): {len(dataset.train)} train, {len(dataset.valid)} "
             f"valid, {len(dataset.test)} test images on {device}; initial test ELBO "
             f"{estimate_elbo(vae, dataset.test.images):.2f} nats/image")
-    step_fn = make_step(vae, elbo, optimizer)
-    num_batches = dataset.num_batches(config.batch_size)
+    step_fn = make_step(vae, elbo, optimizer,
+                        after_backward=(lambda: distributed.sum_gradients(vae.parameters())) if world.active else None)
+    num_batches = dataset.num_batches(config.batch_size * world.size)
     sync_every = 1 if device.type == "cpu" else 50
     spent = sum(row["epoch_seconds"] for row in history)
     with _StopFlag() as stop:
@@ -245,8 +272,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                        disable=None if progress else True, leave=False, dynamic_ncols=True)
             checked = first
             done = num_batches
-            for step, x in enumerate(dataset.train_batches(epoch, config.batch_size, config.seed, first), first):
-                if stop.requested:
+            batches = dataset.train_batches(epoch, config.batch_size, config.seed, first, world.rank, world.size)
+            for step, x in enumerate(batches, first):
+                if distributed.any_rank(stop.requested, device) if world.active else stop.requested:
                     bar.close()
                     checkpoint(epoch, step, epoch_losses=losses[:step].cpu(),
                                epoch_seconds=elapsed + time.perf_counter() - started)
@@ -271,18 +299,22 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             bar.close()
             seconds = elapsed + time.perf_counter() - started
             spent += seconds
-            trained = min(len(dataset.train), done * config.batch_size)
+            trained = min(len(dataset.train), done * config.batch_size * world.size)
+            loss_sum = losses[:done].sum().item()
+            if world.active:
+                loss_sum = distributed.sum_scalar(loss_sum, device)
             row = {
                 "epoch": epoch + 1,
                 "images_seen": (history[-1]["images_seen"] if history else 0) + trained,
-                "train_elbo": -losses[:done].sum().item() / trained,
+                "train_elbo": -loss_sum / trained,
                 "valid_elbo": estimate_elbo(vae, dataset.valid.images),
                 "test_elbo": estimate_elbo(vae, dataset.test.images),
                 "epoch_seconds": round(seconds, 3),
             }
             history.append(row)
             checkpoint(epoch + 1, 0)
-            runs.append_metrics(metrics_path, row)
+            if world.is_main:
+                runs.append_metrics(metrics_path, row)
             if done < num_batches:
                 log(f"wall-time budget of {config.max_seconds:g} s spent after {done} steps of epoch {epoch + 1}")
                 break
@@ -290,6 +322,10 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                 f"valid {row['valid_elbo']:.2f}  test {row['test_elbo']:.2f}  nats/image  "
                 f"({seconds:.1f} s)")
     return history
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _versions() -> dict:
