@@ -8,6 +8,8 @@ manifold      A J = 2 model (trained here, or ``--run-dir``): decoder means over
               by the inverse Gaussian CDF of an evenly spaced grid in the unit square (Kingma &
               Welling's Figure 4), and the test set's latent means coloured by label.
 figures       Reconstructions, prior samples and learning curves of any run.
+paper         Burda et al.'s benchmark recipe (784-200-200-50, dynamic binarization, their
+              optimiser and 3,280-epoch schedule), resumable across sessions.
 """
 
 from __future__ import annotations
@@ -127,6 +129,28 @@ def _write_sweep(results: list[dict], out: Path, args) -> None:
     print(f"wrote {out}/latent_sweep.csv, latent_sweep.md, latent_sweep_curves.png, latent_sweep_summary.png")
 
 
+def paper(args) -> None:
+    """Burda et al.'s benchmark recipe: 784-200-200-50, dynamically binarized MNIST, all 60,000
+    training images (no validation split), Adam (0.9, 0.999, eps 1e-4), 3^i epochs at
+    1e-3 x 10^(-i/7), i = 0..7, then IS log p(x) with K = 5000. Resumes an unfinished run."""
+    from . import runs
+    from .train import train_and_report
+    from .trainer import TrainConfig
+
+    run_dir = Path(args.out) / f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
+    config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
+                         train_size=args.train_size, latent_dim=50, hidden_dims=(200, 200),
+                         elbo=args.elbo, num_particles=args.num_particles,
+                         vectorize_particles=args.num_particles > 1, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, lr_schedule="burda", adam_eps=1e-4,
+                         optimizer="adam", device=args.device, seed=args.seed,
+                         eval_samples=args.eval_samples, run_dir=str(run_dir))
+    resume = (run_dir / runs.CHECKPOINT_FILE).exists()
+    print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
+          f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
+    train_and_report(config, resume=resume, progress=not args.no_progress)
+
+
 def manifold(args) -> None:
     from . import runs
     from .data import load_dataset
@@ -230,6 +254,13 @@ def build_parser() -> ArgumentParser:
     sweep.add_argument("--lr", type=float)
     sweep.add_argument("--eval-samples", type=non_negative_int, default=100,
                        help="K of the IS log p(x) of each model (default 100; 0 skips)")
+    paper_parser = sub.add_parser("paper", help="Burda et al.'s MNIST benchmark recipe (784-200-200-50)")
+    common(paper_parser, 3280)
+    paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE) or iwae (default trace)")
+    paper_parser.add_argument("--num-particles", type=positive_int, default=1, help="L, or k for iwae (1)")
+    paper_parser.add_argument("--batch-size", type=positive_int, default=100, help="(default 100; Burda used 20)")
+    paper_parser.add_argument("--lr", type=float, default=1e-3, help="base rate of the schedule (1e-3)")
+    paper_parser.add_argument("--eval-samples", type=non_negative_int, default=5000, help="K at the end (5000)")
     manifold_parser = sub.add_parser("manifold", help="the learned 2-D manifold (Kingma & Welling Fig. 4)")
     common(manifold_parser, 10)
     manifold_parser.add_argument("--run-dir", help="use this trained J = 2 run instead of training one")
@@ -250,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         latent_sweep(args)
     elif args.command == "manifold":
         manifold(args)
+    elif args.command == "paper":
+        if args.elbo not in ("trace", "iwae"):
+            raise UsageError(f"--elbo {args.elbo!r}: the paper recipe trains trace or iwae")
+        paper(args)
     else:
         if not Path(args.run_dir).is_dir():
             raise UsageError(f"{args.run_dir} is not a directory")

@@ -13,7 +13,7 @@ from typing import Sequence
 from .cli import ArgumentParser, UsageError, non_negative_int, positive_float, positive_int, run_main
 from .data import BINARIZATIONS, DATASETS
 from .objectives import OBJECTIVES
-from .trainer import OPTIMIZERS, Interrupted, TrainConfig, train
+from .trainer import LR_SCHEDULES, OPTIMIZERS, Interrupted, TrainConfig, train
 from . import distributed, runs
 
 DEFAULTS = TrainConfig()
@@ -55,6 +55,9 @@ def build_parser() -> ArgumentParser:
     optim.add_argument("--epochs", type=positive_int, help=f"(default {d.epochs})")
     optim.add_argument("--batch-size", type=positive_int, help=f"(default {d.batch_size}, as the seed)")
     optim.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3 for adam, 1e-2 for adagrad)")
+    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                       help="constant, or burda: 3^i epochs at lr x 10^(-i/7), i = 0..7 (default constant)")
+    optim.add_argument("--adam-eps", type=positive_float, help="Adam's epsilon (default 1e-8; Burda et al. 1e-4)")
     optim.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                        help=f"(default {d.optimizer}; Kingma & Welling used adagrad)")
     run = p.add_argument_group("run")

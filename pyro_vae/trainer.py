@@ -52,6 +52,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
+    lr_schedule: str = "constant"  # or "burda": 3^i epochs at lr * 10^(-i/7), i = 0..7
+    adam_eps: float = 1e-8
     optimizer: str = "adam"
     device: str = "auto"
     seed: int = 0
@@ -84,8 +86,30 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     if config.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
-    return OPTIMIZERS[config.optimizer](parameters, lr=lr)
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise UsageError(f"unknown --lr-schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    extra = {"eps": config.adam_eps} if config.optimizer == "adam" else {}
+    return OPTIMIZERS[config.optimizer](parameters, lr=learning_rate(config, 0), **extra)
+
+
+def burda_lr(epoch: int, base_lr: float = 1e-3, stages: int = 8) -> float:
+    """Burda et al.'s schedule: stage i lasts 3^i epochs at base_lr * 10^(-i/7), i = 0..7
+    (3,280 epochs in all); epochs past the last stage keep its rate."""
+    end = 0
+    for stage in range(stages):
+        end += 3**stage
+        if epoch < end:
+            return base_lr * 10 ** (-stage / 7)
+    return base_lr * 10 ** (-(stages - 1) / 7)
+
+
+LR_SCHEDULES = ("constant", "burda")
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of a (0-based) epoch; a function of the epoch alone, so resuming keeps it."""
+    base = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+    return burda_lr(epoch, base) if config.lr_schedule == "burda" else base
 
 
 def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, validate_every_step: bool = False,
@@ -262,6 +286,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
         for epoch in range(start_epoch, config.epochs):
             if config.max_seconds and spent >= config.max_seconds:
                 break
+            lr = learning_rate(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             losses = torch.zeros(num_batches, device=device)
             first = start_step if epoch == start_epoch else 0
             if first and saved_losses is not None:
@@ -310,6 +337,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                 "valid_elbo": estimate_elbo(vae, dataset.valid.images),
                 "test_elbo": estimate_elbo(vae, dataset.test.images),
                 "epoch_seconds": round(seconds, 3),
+                "lr": lr,
             }
             history.append(row)
             checkpoint(epoch + 1, 0)

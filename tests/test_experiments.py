@@ -56,3 +56,25 @@ def test_draw_manifold_with_class_names(tmp_path):
     images, labels = torch.rand(50, 784), torch.arange(50) % 10
     paths = experiments.draw_manifold(vae, images, labels, tmp_path, 3, [f"class {i}" for i in range(10)])
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_burda_schedule_has_3280_epochs_in_eight_stages():
+    from pyro_vae.trainer import burda_lr
+
+    rates = [burda_lr(epoch) for epoch in range(3280)]
+    stages = sorted(set(rates), reverse=True)
+    assert len(stages) == 8 and [rates.count(r) for r in stages] == [3**i for i in range(8)]
+    assert stages[0] == 1e-3 and abs(stages[-1] - 1e-3 * 10 ** (-1)) < 1e-12
+    assert burda_lr(5000) == stages[-1]
+
+
+def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    experiments.main(["paper", "--epochs", "2", "--train-size", "200", "--eval-samples", "3",
+                      "--out", str(tmp_path), "--no-progress"])
+    rows = read_metrics(tmp_path / "paper-trace-L1" / "metrics.csv")
+    assert [r["lr"] for r in rows] == [1e-3, 1e-3 * 10 ** (-1 / 7)]
+    import json
+    config = json.loads((tmp_path / "paper-trace-L1" / "config.json").read_text())
+    assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50
+    assert config["binarize"] == "dynamic" and config["adam_eps"] == 1e-4 and config["valid_size"] == 0
