@@ -24,6 +24,10 @@ class TrainingFailed(Exception):
     """The work started but could not go on (e.g. a non-finite loss)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Work stopped by Ctrl-C after saving a checkpoint; the message says where."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error instead of the usage block."""
 
@@ -69,6 +73,10 @@ def run_main(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] |
     except TrainingFailed as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    except Interrupted as stop:
+        print(f"{stop}; run the same command again (with --resume for train) to continue",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

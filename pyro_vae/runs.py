@@ -37,6 +37,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a run's files are ordinary files
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Interrupted as stop:
         if distributed.current_world().is_main:
             print(f"{stop}; resume with: python -m pyro_vae.train --run-dir {config.run_dir} --resume")
-        raise KeyboardInterrupt from None
+        raise KeyboardInterrupt from None  # exit 130 without repeating the message
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from . import distributed, runs
-from .cli import TrainingFailed, UsageError
+from .cli import Interrupted, TrainingFailed, UsageError  # noqa: F401 (Interrupted re-exported)
 from .data import Dataset, load_dataset
 from .model import VAE
 from .objectives import MAX_PLATE_NESTING, make_elbo
@@ -66,10 +66,6 @@ class TrainConfig:
         config = dataclasses.asdict(self)
         config["hidden_dims"] = list(self.hidden_dims)
         return config
-
-
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C after saving a checkpoint at a step boundary."""
 
 
 def resolve_device(name: str) -> torch.device:
