@@ -88,7 +88,7 @@ def fixed_model_table(rows: list[dict]) -> str:
 
 
 def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
-    from .plots import plt
+    from .plots import plt, save_figure
 
     families = sorted({r["estimator"] for r in rows})
     paths = [out / "bound_vs_particles.png", out / "snr_vs_particles.png"]
@@ -102,9 +102,7 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
     ax.set_ylabel("bound on log p(x) (nats/image)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths[0])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
     for ax, group in zip(axes, ("encoder", "decoder")):
         for fam in families:
@@ -117,9 +115,7 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
         ax.set_xlabel("particles L (samples K for iwae)")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths[1])
     return paths
 
 
@@ -157,7 +153,7 @@ def run_fixed_model(args) -> None:
 def run_training(args) -> None:
     from . import runs
     from .data import load_dataset
-    from .plots import plt
+    from .plots import plt, save_figure
     from .train import train_and_report
     from .trainer import TrainConfig, resolve_device
 
@@ -207,9 +203,7 @@ def run_training(args) -> None:
         ax.set_title(f"same {budget} budget", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "learning_curves.png")
     table = "\n".join(lines)
     (out / "comparison.md").write_text(f"# Estimators trained under the same budget\n\n{table}\n\n"
                                        "![learning curves](learning_curves.png)\n")

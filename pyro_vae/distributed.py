@@ -48,7 +48,7 @@ def init_world(device: torch.device) -> World:
         return World()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return current_world()
 
 
 def current_world() -> World:

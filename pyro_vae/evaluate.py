@@ -42,20 +42,18 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                  data_dir: str | None = None, progress: bool = True, dataset=None) -> dict:
     """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
     from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
-    from .trainer import resolve_device
+    from .trainer import world_and_device
 
     if split not in SPLITS:
         raise UsageError(f"unknown --split {split!r}; choose from {', '.join(SPLITS)}")
     if num_samples < 1:
         raise UsageError(f"--num-samples must be a positive integer, got {num_samples}")
     run_dir = Path(run_dir)
-    world = distributed.current_world()
-    torch_device = distributed.local_device(resolve_device(device), world)
+    world, torch_device = world_and_device(device)
     if dataset is None:
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir)
     else:
-        config = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE, "cpu")["config"]
-        vae = runs.load_run(run_dir, torch_device)
+        vae, config = runs.load_run_and_config(run_dir, torch_device)
     images = dataset.split(split).images[:limit]
     if len(images) == 0:
         raise UsageError(f"the {split} split of this run is empty")
@@ -103,9 +101,6 @@ def format_summary(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from .trainer import resolve_device
-
-    world = distributed.init_world(resolve_device(args.device))
     if args.split not in SPLITS:
         raise UsageError(f"unknown --split {args.split!r}; choose from {', '.join(SPLITS)}")
     if not Path(args.run_dir).is_dir():
@@ -113,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
                           args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
                           progress=not args.no_progress)
-    if world.is_main:
+    if distributed.current_world().is_main:
         print(format_summary(report))
         print(f"wrote {report['path']}")
 

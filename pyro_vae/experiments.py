@@ -80,7 +80,7 @@ def latent_sweep(args) -> None:
 
 
 def _write_sweep(results: list[dict], out: Path, args) -> None:
-    from .plots import plt
+    from .plots import plt, save_figure
 
     fields = ["latent_dim", "epochs", "train_elbo", "test_elbo", "log_px", "log_px_stderr"]
     with open(out / "latent_sweep.csv", "w", newline="") as f:
@@ -106,9 +106,7 @@ def _write_sweep(results: list[dict], out: Path, args) -> None:
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")
     axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "latent_sweep_curves.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "latent_sweep_curves.png", dpi=90)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     dims = [r["latent_dim"] for r in results]
@@ -123,9 +121,7 @@ def _write_sweep(results: list[dict], out: Path, args) -> None:
     ax.set_ylabel("nats per test image")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "latent_sweep_summary.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "latent_sweep_summary.png", dpi=90)
     print(f"wrote {out}/latent_sweep.csv, latent_sweep.md, latent_sweep_curves.png, latent_sweep_summary.png")
 
 
@@ -160,7 +156,7 @@ def manifold(args) -> None:
     device = resolve_device(args.device)
     if args.run_dir:
         run_dir = Path(args.run_dir)
-        _, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
+        vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
     else:
         run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
         data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
@@ -171,7 +167,7 @@ def manifold(args) -> None:
                                  eval_samples=0, run_dir=str(run_dir))
             train_and_report(config, resume=(run_dir / runs.CHECKPOINT_FILE).exists(),
                              progress=not args.no_progress, dataset=data)
-    vae = runs.load_run(run_dir, device)
+        vae = runs.load_run(run_dir, device)
     if vae.latent_dim != 2:
         raise UsageError(f"{run_dir} has a {vae.latent_dim}-D latent; the manifold needs J = 2")
     class_names = _class_names(data.name)
@@ -190,7 +186,7 @@ def _class_names(dataset: str) -> list[str] | None:
 @torch.no_grad()
 def draw_manifold(vae, images: torch.Tensor, labels: torch.Tensor | None, out: Path,
                   grid_size: int = 20, class_names: list[str] | None = None) -> list[Path]:
-    from .plots import plt, save_image_grid
+    from .plots import plt, save_figure, save_image_grid
 
     device = next(vae.parameters()).device
     z = latent_grid(grid_size).to(device)
@@ -212,22 +208,19 @@ def draw_manifold(vae, images: torch.Tensor, labels: torch.Tensor | None, out: P
     ax.set_xlabel("$z_1$ (encoder mean)")
     ax.set_ylabel("$z_2$ (encoder mean)")
     ax.set_title("test images in latent space", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths[1])
     return paths
 
 
 def figures(args) -> None:
     from . import runs
-    from .plots import draw_run_figures
+    from .plots import draw_run_figures, run_title
     from .trainer import resolve_device
 
     run_dir = Path(args.run_dir)
     vae, config, data = runs.load_run_and_data(run_dir, resolve_device(args.device), args.data_dir)
     history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-    paths = draw_run_figures(vae, history, data.test.images, run_dir,
-                             f"{config['dataset']}, {config['elbo']} L={config['num_particles']}, J={config['latent_dim']}")
+    paths = draw_run_figures(vae, history, data.test.images, run_dir, run_title(config))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 

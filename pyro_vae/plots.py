@@ -15,6 +15,19 @@ from torchvision.utils import make_grid  # noqa: E402
 from .model import VAE  # noqa: E402
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Lay out, write and close a matplotlib figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def run_title(config: dict) -> str:
+    """A one-line description of a run for figure titles."""
+    return (f"{config['dataset']} ({config['binarize']}), {config['elbo']} L={config['num_particles']}, "
+            f"J={config['latent_dim']}, hidden {list(config['hidden_dims'])}")
+
+
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
     """(N, 784) pixel intensities in [0, 1] as a grid of 28x28 digits."""
     grid = make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=2, pad_value=1.0)
@@ -52,9 +65,7 @@ def plot_learning_curves(history: Sequence[dict], path: Path, title: str = "") -
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def draw_run_figures(vae: VAE, history: Sequence[dict], test_images: torch.Tensor,

@@ -171,6 +171,11 @@ def build_vae(config: dict) -> VAE:
 
 def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
     """The trained VAE of a run directory, on ``device``, in eval mode."""
+    return load_run_and_config(run_dir, device)[0]
+
+
+def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
+    """(vae, config) of a run directory, from one read of its checkpoint."""
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
     vae = build_vae(state["config"]).to(device)
     try:
@@ -178,7 +183,7 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> 
     except (RuntimeError, KeyError, TypeError) as error:
         raise UsageError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
     pyro.clear_param_store()
-    return vae.eval()
+    return vae.eval(), state["config"]
 
 
 def load_run_and_data(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
@@ -186,8 +191,7 @@ def load_run_and_data(run_dir: str | os.PathLike, device: torch.device | str = "
     """(vae, config, dataset): a trained run with its data set, split as it was for training."""
     from .data import load_dataset
 
-    config = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, "cpu")["config"]
-    vae = load_run(run_dir, device)
+    vae, config = load_run_and_config(run_dir, device)
     dataset = load_dataset(config["dataset"], config["binarize"], data_dir or config["data_dir"],
                            device, valid_size=config["valid_size"])
     return vae, config, dataset

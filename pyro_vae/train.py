@@ -109,11 +109,10 @@ def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool 
     """Train, draw the run's figures, and score the test set by importance sampling."""
     from .data import load_dataset
     from .evaluate import evaluate_run, format_summary
-    from .plots import draw_run_figures
-    from .trainer import resolve_device
+    from .plots import draw_run_figures, run_title
+    from .trainer import world_and_device
 
-    world = distributed.init_world(resolve_device(config.device))
-    device = distributed.local_device(resolve_device(config.device), world)
+    world, device = world_and_device(config.device)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
                                config.train_size, config.valid_size)
@@ -122,9 +121,8 @@ def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool 
     vae = runs.load_run(config.run_dir, device)
     say = print if world.is_main else (lambda *_: None)
     if world.is_main:
-        title = (f"{config.dataset} ({dataset.binarize}), {config.elbo} L={config.num_particles}, "
-                 f"J={config.latent_dim}, hidden {list(config.hidden_dims)}")
-        figures = draw_run_figures(vae, history, dataset.test.images, Path(config.run_dir), title)
+        figures = draw_run_figures(vae, history, dataset.test.images, Path(config.run_dir),
+                                   run_title(config.to_dict()))
         say(f"figures: {', '.join(str(f) for f in figures)}")
     report = None
     if config.eval_samples:

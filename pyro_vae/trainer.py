@@ -79,6 +79,13 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"unknown --device {name!r}; choose from auto, cpu, cuda") from None
 
 
+def world_and_device(name: str) -> tuple[distributed.World, torch.device]:
+    """The process group (joined if torchrun started us) and this rank's device."""
+    device = resolve_device(name)
+    world = distributed.init_world(device)
+    return world, distributed.local_device(device, world)
+
+
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     if config.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
@@ -205,8 +212,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
 
     Everything is checked (flags, run directory, data) before the first file is written.
     """
-    world = distributed.init_world(resolve_device(config.device))
-    device = distributed.local_device(resolve_device(config.device), world)
+    world, device = world_and_device(config.device)
     run_dir = Path(config.run_dir)
     check_run_dir(run_dir, resume, overwrite)
     if not world.is_main:
@@ -269,7 +275,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                 "history": history, "rng": rng, **extra})
         distributed.barrier(world)
 
-    if not resume:
+    if not resume and world.is_main:
         log(f"{config.dataset} ({dataset.binarize}): {len(dataset.train)} train, {len(dataset.valid)} "
             f"valid, {len(dataset.test)} test images on {device}; initial test ELBO "
             f"{estimate_elbo(vae, dataset.test.images):.2f} nats/image")
@@ -330,8 +336,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                 "epoch": epoch + 1,
                 "images_seen": (history[-1]["images_seen"] if history else 0) + trained,
                 "train_elbo": -loss_sum / trained,
-                "valid_elbo": estimate_elbo(vae, dataset.valid.images),
-                "test_elbo": estimate_elbo(vae, dataset.test.images),
+                # rank 0 alone writes rows: the other ranks need not score the model
+                "valid_elbo": estimate_elbo(vae, dataset.valid.images) if world.is_main else math.nan,
+                "test_elbo": estimate_elbo(vae, dataset.test.images) if world.is_main else math.nan,
                 "epoch_seconds": round(seconds, 3),
                 "lr": lr,
             }
