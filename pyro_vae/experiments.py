@@ -128,23 +128,41 @@ def _write_sweep(results: list[dict], out: Path, args) -> None:
 def paper(args) -> None:
     """Burda et al.'s benchmark recipe: 784-200-200-50, dynamically binarized MNIST, all 60,000
     training images (no validation split), Adam (0.9, 0.999, eps 1e-4), 3^i epochs at
-    1e-3 x 10^(-i/7), i = 0..7, then IS log p(x) with K = 5000. Resumes an unfinished run."""
+    1e-3 x 10^(-i/7), i = 0..7 (3,280 epochs; with --epochs N every stage is scaled by N/3280),
+    then IS log p(x) with K = 5000. Weights are kept at the stage ends and at 1, 2, 5, 10, 20, ...
+    epochs for the learning curve. Resumes an unfinished run."""
     from . import runs
     from .train import train_and_report
-    from .trainer import TrainConfig
+    from .trainer import BURDA_EPOCHS, TrainConfig
 
-    run_dir = Path(args.out) / f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
+    name = f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
+    if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda":
+        name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
+    run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
                          train_size=args.train_size, latent_dim=50, hidden_dims=(200, 200),
                          elbo=args.elbo, num_particles=args.num_particles,
                          vectorize_particles=args.num_particles > 1, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, lr_schedule="burda", adam_eps=1e-4,
+                         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, adam_eps=1e-4,
                          optimizer="adam", device=args.device, seed=args.seed,
-                         eval_samples=args.eval_samples, run_dir=str(run_dir))
+                         eval_samples=args.eval_samples, run_dir=str(run_dir),
+                         snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule))
     resume = (run_dir / runs.CHECKPOINT_FILE).exists()
     print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
           f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
     train_and_report(config, resume=resume, progress=not args.no_progress)
+
+
+def paper_snapshot_epochs(epochs: int, schedule: str = "burda") -> list[int]:
+    """The ends of the schedule's stages and 1, 2, 5, 10, 20, 50, ... up to `epochs`."""
+    from .trainer import BURDA_EPOCHS
+
+    if schedule == "burda-equal":
+        stage_ends = {-(-(i + 1) * epochs // 8) for i in range(8)}
+    else:
+        stage_ends = {round(sum(3**j for j in range(i + 1)) * epochs / BURDA_EPOCHS) for i in range(8)}
+    decades = {m * 10**e for e in range(6) for m in (1, 2, 5)}
+    return sorted(e for e in stage_ends | decades if 1 <= e <= epochs)
 
 
 def manifold(args) -> None:
@@ -253,6 +271,9 @@ def build_parser() -> ArgumentParser:
     paper_parser.add_argument("--num-particles", type=positive_int, default=1, help="L, or k for iwae (1)")
     paper_parser.add_argument("--batch-size", type=positive_int, default=100, help="(default 100; Burda used 20)")
     paper_parser.add_argument("--lr", type=float, default=1e-3, help="base rate of the schedule (1e-3)")
+    paper_parser.add_argument("--lr-schedule", default="burda", choices=["burda", "burda-equal"],
+                              help="burda: 3^i-epoch stages scaled to --epochs; burda-equal: the same "
+                                   "eight rates in equal stages (default burda)")
     paper_parser.add_argument("--eval-samples", type=non_negative_int, default=5000, help="K at the end (5000)")
     manifold_parser = sub.add_parser("manifold", help="the learned 2-D manifold (Kingma & Welling Fig. 4)")
     common(manifold_parser, 10)

@@ -29,8 +29,10 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "pyro_vae-checkpoint-1"
+SNAPSHOT_DIR = "snapshots"  # weights kept at chosen epochs: <run>/snapshots/epoch-NNNNN.pt
 # what --overwrite may delete: only files a run writes, never the user's other files
-RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, "*.png", "eval_*.json")
+RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, "*.png", "eval_*.json",
+                       f"{SNAPSHOT_DIR}/epoch-*.pt")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -73,6 +75,7 @@ def write_json(path: Path, obj: Any) -> None:
 def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buffer.getvalue())
 
 

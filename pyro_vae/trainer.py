@@ -52,19 +52,21 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
-    lr_schedule: str = "constant"  # or "burda": 3^i epochs at lr * 10^(-i/7), i = 0..7
+    lr_schedule: str = "constant"  # or "burda": 3^i epochs at lr * 10^(-i/7), i = 0..7, fitted to `epochs`
     adam_eps: float = 1e-8
     optimizer: str = "adam"
     device: str = "auto"
     seed: int = 0
     eval_samples: int = 100
     max_seconds: float | None = None  # wall-time budget of the training steps (None: epochs only)
+    snapshot_epochs: Sequence[int] = ()  # keep the weights after these epochs (learning curves)
     run_dir: str | None = None
     extra: dict = field(default_factory=dict)  # per-estimator options (e.g. Renyi's alpha)
 
     def to_dict(self) -> dict:
         config = dataclasses.asdict(self)
         config["hidden_dims"] = list(self.hidden_dims)
+        config["snapshot_epochs"] = list(self.snapshot_epochs)
         return config
 
 
@@ -91,28 +93,46 @@ def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
         raise UsageError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if config.lr_schedule not in LR_SCHEDULES:
         raise UsageError(f"unknown --lr-schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-    extra = {"eps": config.adam_eps} if config.optimizer == "adam" else {}
+    # the fused kernel is the same Adam, about 10% faster a step on the CPU
+    extra = {"eps": config.adam_eps, "fused": True} if config.optimizer == "adam" else {}
     return OPTIMIZERS[config.optimizer](parameters, lr=learning_rate(config, 0), **extra)
 
 
-def burda_lr(epoch: int, base_lr: float = 1e-3, stages: int = 8) -> float:
+BURDA_EPOCHS = 3280  # sum of 3^i, i = 0..7
+
+
+def burda_lr(epoch: int, base_lr: float = 1e-3, total_epochs: int = BURDA_EPOCHS, stages: int = 8) -> float:
     """Burda et al.'s schedule: stage i lasts 3^i epochs at base_lr * 10^(-i/7), i = 0..7
-    (3,280 epochs in all); epochs past the last stage keep its rate."""
+    (3,280 epochs in all). For another `total_epochs` every stage is scaled by
+    total_epochs / 3280 (its end rounded to the nearest epoch; a stage may vanish), so a
+    shorter run still ends at the last rate. Epochs past the end keep the last rate."""
     end = 0
     for stage in range(stages):
         end += 3**stage
-        if epoch < end:
+        if epoch < round(end * total_epochs / BURDA_EPOCHS):
             return base_lr * 10 ** (-stage / 7)
     return base_lr * 10 ** (-(stages - 1) / 7)
 
 
-LR_SCHEDULES = ("constant", "burda")
+def burda_equal_lr(epoch: int, base_lr: float, total_epochs: int, stages: int = 8) -> float:
+    """Burda et al.'s eight rates, base_lr * 10^(-i/7), in stages of equal length: a shorter
+    run than theirs spends more of its updates at the higher rates than the scaled 3^i
+    stages would (which give the first rate under 1/3280 of the run)."""
+    stage = min(stages - 1, epoch * stages // total_epochs)
+    return base_lr * 10 ** (-stage / 7)
+
+
+LR_SCHEDULES = ("constant", "burda", "burda-equal")
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
     """The learning rate of a (0-based) epoch; a function of the epoch alone, so resuming keeps it."""
     base = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
-    return burda_lr(epoch, base) if config.lr_schedule == "burda" else base
+    if config.lr_schedule == "burda":
+        return burda_lr(epoch, base, config.epochs)
+    if config.lr_schedule == "burda-equal":
+        return burda_equal_lr(epoch, base, config.epochs)
+    return base
 
 
 def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, validate_every_step: bool = False,
@@ -344,6 +364,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             }
             history.append(row)
             checkpoint(epoch + 1, 0)
+            if epoch + 1 in config.snapshot_epochs and world.is_main:
+                runs.save_checkpoint(run_dir / runs.SNAPSHOT_DIR / f"epoch-{epoch + 1:05d}.pt",
+                                     {"config": config.to_dict(), "model": vae.state_dict(), "epoch": epoch + 1})
             if world.is_main:
                 runs.append_metrics(metrics_path, row)
             if done < num_batches:

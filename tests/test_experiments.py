@@ -2,7 +2,7 @@
 
 import torch
 
-from pyro_vae import experiments
+from pyro_vae import experiments, runs
 from pyro_vae.model import VAE
 from pyro_vae.runs import read_metrics
 
@@ -66,15 +66,24 @@ def test_burda_schedule_has_3280_epochs_in_eight_stages():
     assert len(stages) == 8 and [rates.count(r) for r in stages] == [3**i for i in range(8)]
     assert stages[0] == 1e-3 and abs(stages[-1] - 1e-3 * 10 ** (-1)) < 1e-12
     assert burda_lr(5000) == stages[-1]
+    # scaled to a shorter run: the same eight rates, stages 1/10 as long, ending at the last rate
+    short = [burda_lr(epoch, 1e-3, 328) for epoch in range(328)]
+    assert [short.count(r) for r in stages] == [round(3**i / 10 + sum(3**j for j in range(i)) / 10)
+                                                - round(sum(3**j for j in range(i)) / 10) for i in range(8)]
+    assert short[-1] == stages[-1]
 
 
 def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatch, capsys):
     monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
-    experiments.main(["paper", "--epochs", "2", "--train-size", "200", "--eval-samples", "3",
-                      "--out", str(tmp_path), "--no-progress"])
-    rows = read_metrics(tmp_path / "paper-trace-L1" / "metrics.csv")
-    assert [r["lr"] for r in rows] == [1e-3, 1e-3 * 10 ** (-1 / 7)]
+    experiments.main(["paper", "--epochs", "8", "--lr-schedule", "burda-equal", "--train-size", "200",
+                      "--eval-samples", "3", "--out", str(tmp_path), "--no-progress"])
+    run_dir = tmp_path / "paper-trace-L1-8ep-equal"
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [r["lr"] for r in rows] == [1e-3 * 10 ** (-i / 7) for i in range(8)]
+    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == [f"epoch-{e:05d}.pt" for e in range(1, 9)]
+    snapshot = runs.load_checkpoint(run_dir / "snapshots" / "epoch-00005.pt")
+    assert snapshot["epoch"] == 5 and snapshot["model"].keys() == runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys()
     import json
-    config = json.loads((tmp_path / "paper-trace-L1" / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
     assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50
     assert config["binarize"] == "dynamic" and config["adam_eps"] == 1e-4 and config["valid_size"] == 0
