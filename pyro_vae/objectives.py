@@ -1,7 +1,8 @@
 """The training objectives behind ``--elbo``: a registry of Pyro ELBO estimators.
 
 ``trace``      Trace_ELBO: the Monte-Carlo ELBO, (1/L) sum_l [log p(x, z_l) - log q(z_l|x)],
-               z_l ~ q(z|x) reparameterized (Kingma & Welling's SGVB estimator A).
+               z_l ~ q(z|x) reparameterized (Kingma & Welling's SGVB estimator A); its
+               differentiable loss computed without reading it back to the host.
 ``meanfield``  TraceMeanField_ELBO: the same bound with KL(q(z|x) || p(z)) in closed form
                (estimator B of the paper): (1/L) sum_l log p(x|z_l) - KL.
 ``iwae``       the importance-weighted bound of Burda et al. with k = L samples per image:
@@ -35,6 +36,37 @@ from .cli import UsageError
 MAX_PLATE_NESTING = 1  # the "data" plate; vectorized particles live at dim -2
 
 
+class SyncFreeTrace_ELBO(Trace_ELBO):
+    r"""Pyro's :class:`~pyro.infer.Trace_ELBO` whose differentiable loss never leaves the device.
+
+    .. math::
+        -\mathcal{L} = -\frac{1}{L} \sum_{l=1}^{L} \left[\log p(x, z_l) - \log q(z_l | x)\right],
+        \qquad z_l \sim q(z | x) \text{ reparameterized}
+
+    ``Trace_ELBO.differentiable_loss`` also forms a float copy of the loss: ``.item()`` of every
+    site's log-probability sum and of the total, and a NaN check forward and backward. Each is a
+    host read, which on a GPU stalls the queue of kernels every step. This is the same tensor (same
+    value, same gradients, a test checks both) with no read; the trainer checks the loss for NaN
+    when it reads it. Guides with non-reparameterized sites are refused: they need Trace_ELBO's
+    score-function surrogate.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo_particle = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    elbo_particle = elbo_particle + site["log_prob_sum"]
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    if not is_identically_zero(site["score_parts"].score_function):
+                        raise NotImplementedError("SyncFreeTrace_ELBO needs reparameterized guide sites")
+                    elbo_particle = elbo_particle - site["score_parts"].entropy_term.sum()
+            loss = loss - elbo_particle / self.num_particles
+        return loss
+
+
 def _pick(plain: type, jitted: type, num_particles: int, vectorize: bool, jit: bool) -> ELBO:
     kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize,
                   max_plate_nesting=MAX_PLATE_NESTING)
@@ -42,7 +74,7 @@ def _pick(plain: type, jitted: type, num_particles: int, vectorize: bool, jit: b
 
 
 def _trace(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
-    return _pick(Trace_ELBO, JitTrace_ELBO, num_particles, vectorize, jit)
+    return _pick(SyncFreeTrace_ELBO, JitTrace_ELBO, num_particles, vectorize, jit)
 
 
 def _meanfield(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
@@ -56,11 +88,11 @@ class DifferentiableRenyiELBO(RenyiELBO):
     exactly as ``RenyiELBO.loss`` does, so the bound is per image, not pooled over the batch):
 
     .. math::
-        \mathcal{L}_lpha = \sum_i rac{1}{1-lpha}
-            \log rac{1}{L} \sum_{l=1}^{L} w_{il}^{1-lpha},
-        \qquad w_{il} = rac{p(x_i, z_{il})}{q(z_{il} | x_i)}
+        \mathcal{L}_\alpha = \sum_i \frac{1}{1-\alpha}
+            \log \frac{1}{L} \sum_{l=1}^{L} w_{il}^{1-\alpha},
+        \qquad w_{il} = \frac{p(x_i, z_{il})}{q(z_{il} | x_i)}
 
-    The loss is :math:`-\mathcal{L}_lpha`. For reparameterized guides its gradient is the one
+    The loss is :math:`-\mathcal{L}_\alpha`. For reparameterized guides its gradient is the one
     ``RenyiELBO.loss_and_grads`` forms (self-normalised weights times the gradient of log w), but
     as a tensor: no ``.item()`` per step, and any torch optimizer can drive it. Guides with
     non-reparameterizable sites are refused (they need the score-function surrogate).

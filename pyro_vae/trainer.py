@@ -2,7 +2,8 @@
 
 One step is ``elbo.differentiable_loss(vae.model, vae.guide, x).backward(); optimizer.step()``:
 the same gradients as ``pyro.infer.SVI.step`` (a test checks it) without its per-step host
-sync. Losses stay on the device and are read every ``sync_every`` steps (every step on the CPU,
+sync (with ``trace``, ``iwae`` and ``renyi`` none is left; Pyro's TraceMeanField_ELBO still reads
+its loss inside ``differentiable_loss``). Losses stay on the device and are read every ``sync_every`` steps (every step on the CPU,
 where reading is free). Each epoch ends with valid/test ELBOs, an atomic checkpoint and a
 metrics row; Ctrl-C saves a checkpoint at the current step so ``--resume`` continues exactly.
 """

@@ -5,13 +5,13 @@ import math
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI, RenyiELBO
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 
 from pyro_vae.cli import UsageError
 from pyro_vae.marginal import log_importance_weights
 from pyro_vae.model import VAE
 from pyro_vae.objectives import OBJECTIVES, make_elbo
-from pyro_vae.trainer import make_step
+from pyro_vae.trainer import TrainConfig, make_optimizer, make_step
 
 
 def small_vae(seed=0):
@@ -70,12 +70,36 @@ def test_fast_step_equals_svi_step(name):
             svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), loss=elbo)
             losses = [svi.step(x) for _ in range(5)]
         else:
-            step = make_step(vae, elbo, torch.optim.Adam(vae.parameters(), lr=1e-2))
+            step = make_step(vae, elbo, make_optimizer(TrainConfig(lr=1e-2), vae.parameters()))
             losses = [step(x).item() for _ in range(5)]
         params.append((torch.cat([p.detach().flatten() for p in vae.parameters()]), losses))
     (fast, fast_losses), (svi, svi_losses) = params
     assert torch.allclose(fast, svi, atol=1e-5)
     assert fast_losses == pytest.approx(svi_losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("particles, vectorize", [(1, False), (3, False), (3, True)])
+def test_trace_is_pyros_trace_elbo_without_host_reads(particles, vectorize, monkeypatch):
+    x = images()
+    results = []
+    for elbo in (Trace_ELBO(num_particles=particles, vectorize_particles=vectorize, max_plate_nesting=1),
+                 make_elbo("trace", particles, vectorize=vectorize)):
+        vae = small_vae()
+        pyro.set_rng_seed(4)
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in vae.parameters()])))
+    (stock_loss, stock_grad), (loss, grad) = results
+    assert torch.allclose(loss, stock_loss, rtol=1e-6) and torch.allclose(grad, stock_grad, rtol=1e-5, atol=1e-7)
+
+    def host_read(*_):
+        raise AssertionError("host read")
+    monkeypatch.setattr(torch.Tensor, "item", host_read)
+    monkeypatch.setattr(torch.Tensor, "__bool__", host_read)
+    with pyro.validation_enabled(False):
+        make_elbo("trace", particles, vectorize=vectorize).differentiable_loss(vae.model, vae.guide, x).backward()
+        with pytest.raises(AssertionError, match="host read"):  # the check catches Pyro's own reads
+            Trace_ELBO(num_particles=particles, max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x)
 
 
 def test_registry_refuses_bad_input():
