@@ -9,7 +9,9 @@ manifold      A J = 2 model (trained here, or ``--run-dir``): decoder means over
               Welling's Figure 4), and the test set's latent means coloured by label.
 figures       Reconstructions, prior samples and learning curves of any run.
 paper         Burda et al.'s benchmark recipe (784-200-200-50, dynamic binarization, their
-              optimiser and 3,280-epoch schedule), resumable across sessions.
+              optimiser and 3,280-epoch schedule), resumable across sessions; ends with curve.
+curve         IS log p(x) of every weight snapshot a run kept (``snapshots/``): the learning
+              curve in test NLL beside the per-epoch test ELBO, as CSV and PNG.
 """
 
 from __future__ import annotations
@@ -151,6 +153,74 @@ def paper(args) -> None:
     print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
           f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
     train_and_report(config, resume=resume, progress=not args.no_progress)
+    if args.curve_samples:
+        learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
+        print(f"wrote {run_dir}/learning_curve.csv and learning_curve.png")
+
+
+# Burda et al. 2016, Table 1: test NLL (nats, k = 5000) of 784-200-200-50 trained 3,280 epochs
+BURDA_NLL = {("trace", 1): 86.76, ("iwae", 5): 85.54}
+
+
+def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
+                   data_dir: str | None = None, progress: bool = True) -> list[dict]:
+    """Test NLL by importance sampling (K = num_samples) of each snapshot of a run, written to
+    learning_curve.csv and, with the per-epoch test ELBO, learning_curve.png."""
+    from . import runs
+    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+    from .trainer import resolve_device
+
+    torch_device = resolve_device(device)
+    snapshots = sorted((run_dir / runs.SNAPSHOT_DIR).glob("epoch-*.pt"))
+    if not snapshots:
+        raise UsageError(f"{run_dir} kept no weight snapshots ({runs.SNAPSHOT_DIR}/epoch-*.pt)")
+    vae, config, data = runs.load_run_and_data(run_dir, torch_device, data_dir)
+    rows = []
+    for path in snapshots:
+        state = runs.load_checkpoint(path, torch_device)
+        vae.load_state_dict(state["model"])
+        per_image = estimate_log_likelihood(vae.model, vae.guide, data.test.images, num_samples,
+                                            bytes_per_row=vae_bytes_per_row(vae), progress=progress)
+        summary = summarize(per_image, num_samples)
+        rows.append({"epoch": state["epoch"], "num_samples": num_samples,
+                     "test_nll": -summary["log_px_mean"], "test_nll_stderr": summary["log_px_stderr"],
+                     "test_elbo": summary["elbo_mean"]})
+        print(f"epoch {state['epoch']}: test NLL {rows[-1]['test_nll']:.2f} (K={num_samples})")
+    runs.write_metrics(run_dir / "learning_curve.csv", rows)
+    plot_paper_curve(run_dir, config, rows)
+    return rows
+
+
+def plot_paper_curve(run_dir: Path, config: dict, rows: list[dict]) -> Path:
+    from . import runs
+    from .plots import plt, run_title, save_figure
+
+    history = runs.read_metrics(run_dir / runs.METRICS_FILE)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot([r["epoch"] for r in history], [-r["test_elbo"] for r in history], lw=1, label="test -ELBO (1 sample)")
+    ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4,
+            label=f"test NLL, IS K={rows[0]['num_samples']}")
+    finals = sorted(run_dir.glob("eval_test_K*.json"))
+    for path in finals:
+        report = json.loads(path.read_text())
+        k = report["settings"]["num_samples"]
+        ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],
+                    yerr=[report["summary"]["log_px_stderr"]], fmt="s", color="black", capsize=3,
+                    label=f"final test NLL, IS K={k}")
+    reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=1, label=f"Burda et al. (3,280 epochs): {reference}")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per test image (lower is better)")
+    low = min([r["test_nll"] for r in rows] + ([reference] if reference else []))
+    ax.set_ylim(low - 2, low + 25)
+    ax.set_title(run_title(config), fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    path = run_dir / "learning_curve.png"
+    save_figure(fig, path)
+    return path
 
 
 def paper_snapshot_epochs(epochs: int, schedule: str = "burda") -> list[int]:
@@ -275,6 +345,14 @@ def build_parser() -> ArgumentParser:
                               help="burda: 3^i-epoch stages scaled to --epochs; burda-equal: the same "
                                    "eight rates in equal stages (default burda)")
     paper_parser.add_argument("--eval-samples", type=non_negative_int, default=5000, help="K at the end (5000)")
+    paper_parser.add_argument("--curve-samples", type=non_negative_int, default=100,
+                              help="K of the IS log p(x) of each snapshot, for the curve (100; 0 skips)")
+    curve_parser = sub.add_parser("curve", help="test NLL of every weight snapshot of a run")
+    curve_parser.add_argument("run_dir")
+    curve_parser.add_argument("--num-samples", type=positive_int, default=100, help="K (default 100)")
+    curve_parser.add_argument("--data-dir")
+    curve_parser.add_argument("--device", default="auto")
+    curve_parser.add_argument("--no-progress", action="store_true")
     manifold_parser = sub.add_parser("manifold", help="the learned 2-D manifold (Kingma & Welling Fig. 4)")
     common(manifold_parser, 10)
     manifold_parser.add_argument("--run-dir", help="use this trained J = 2 run instead of training one")
@@ -302,7 +380,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         if not Path(args.run_dir).is_dir():
             raise UsageError(f"{args.run_dir} is not a directory")
-        figures(args)
+        if args.command == "curve":
+            learning_curve(Path(args.run_dir), args.num_samples, args.device, args.data_dir, not args.no_progress)
+        else:
+            figures(args)
 
 
 if __name__ == "__main__":

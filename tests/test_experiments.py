@@ -75,14 +75,18 @@ def test_burda_schedule_has_3280_epochs_in_eight_stages():
 
 def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatch, capsys):
     monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
-    experiments.main(["paper", "--epochs", "8", "--lr-schedule", "burda-equal", "--train-size", "200",
-                      "--eval-samples", "3", "--out", str(tmp_path), "--no-progress"])
-    run_dir = tmp_path / "paper-trace-L1-8ep-equal"
+    experiments.main(["paper", "--epochs", "4", "--lr-schedule", "burda-equal", "--train-size", "200",
+                      "--eval-samples", "3", "--curve-samples", "2", "--out", str(tmp_path), "--no-progress"])
+    run_dir = tmp_path / "paper-trace-L1-4ep-equal"
+    curve = read_metrics(run_dir / "learning_curve.csv")
+    assert [r["epoch"] for r in curve] == [1, 2, 3, 4] and (run_dir / "learning_curve.png").stat().st_size > 1000
+    # each point is the IS estimate of that epoch's weights: above their mean ELBO (NLL below -ELBO)
+    assert all(r["num_samples"] == 2 and r["test_nll"] <= -r["test_elbo"] for r in curve)
     rows = read_metrics(run_dir / "metrics.csv")
-    assert [r["lr"] for r in rows] == [1e-3 * 10 ** (-i / 7) for i in range(8)]
-    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == [f"epoch-{e:05d}.pt" for e in range(1, 9)]
-    snapshot = runs.load_checkpoint(run_dir / "snapshots" / "epoch-00005.pt")
-    assert snapshot["epoch"] == 5 and snapshot["model"].keys() == runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys()
+    assert [r["lr"] for r in rows] == [1e-3 * 10 ** (-i / 7) for i in (0, 2, 4, 6)]  # 8 stages in 4 epochs
+    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == [f"epoch-{e:05d}.pt" for e in range(1, 5)]
+    snapshot = runs.load_checkpoint(run_dir / "snapshots" / "epoch-00003.pt")
+    assert snapshot["epoch"] == 3 and snapshot["model"].keys() == runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys()
     import json
     config = json.loads((run_dir / "config.json").read_text())
     assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50
