@@ -12,6 +12,7 @@ paper         Burda et al.'s benchmark recipe (784-200-200-50, dynamic binarizat
               optimiser and 3,280-epoch schedule), resumable across sessions; ends with curve.
 curve         IS log p(x) of every weight snapshot a run kept (``snapshots/``): the learning
               curve in test NLL beside the per-epoch test ELBO, as CSV and PNG.
+paper-figure  The learning curves of several paper runs on one plot (docs/results.md).
 """
 
 from __future__ import annotations
@@ -187,38 +188,54 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
                      "test_elbo": summary["elbo_mean"]})
         print(f"epoch {state['epoch']}: test NLL {rows[-1]['test_nll']:.2f} (K={num_samples})")
     runs.write_metrics(run_dir / "learning_curve.csv", rows)
-    plot_paper_curve(run_dir, config, rows)
+    plot_paper_curve([run_dir], run_dir / "learning_curve.png")
     return rows
 
 
-def plot_paper_curve(run_dir: Path, config: dict, rows: list[dict]) -> Path:
+def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
+    """The learning curves of paper runs on one plot: per run, the per-epoch test -ELBO (line),
+    the IS test NLL of its snapshots (learning_curve.csv, points) and the final K = 5000
+    estimate (square); Burda et al.'s figure for each objective shown (dashed)."""
     from . import runs
     from .plots import plt, run_title, save_figure
 
-    history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot([r["epoch"] for r in history], [-r["test_elbo"] for r in history], lw=1, label="test -ELBO (1 sample)")
-    ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4,
-            label=f"test NLL, IS K={rows[0]['num_samples']}")
-    finals = sorted(run_dir.glob("eval_test_K*.json"))
-    for path in finals:
-        report = json.loads(path.read_text())
-        k = report["settings"]["num_samples"]
-        ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],
-                    yerr=[report["summary"]["log_px_stderr"]], fmt="s", color="black", capsize=3,
-                    label=f"final test NLL, IS K={k}")
-    reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
-    if reference is not None:
-        ax.axhline(reference, color="grey", ls="--", lw=1, label=f"Burda et al. (3,280 epochs): {reference}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8) if len(run_dirs) > 1 else (6.5, 4.2))
+    lows, references = [], {}
+    for index, run_dir in enumerate(run_dirs):
+        run_dir = Path(run_dir)
+        config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+        history = runs.read_metrics(run_dir / runs.METRICS_FILE)
+        rows = runs.read_metrics(run_dir / "learning_curve.csv")
+        color = f"C{index}"
+        name = f"{config['elbo']} {'k' if config['elbo'] == 'iwae' else 'L'}={config['num_particles']}, " \
+               f"{config['epochs']} epochs"
+        ax.plot([r["epoch"] for r in history], [-r["test_elbo"] for r in history], lw=0.8, alpha=0.6,
+                color=color, label=f"{name}: test -ELBO (1 sample)")
+        ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
+                label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
+        for report_path in sorted(run_dir.glob("eval_test_K*.json")):
+            report = json.loads(report_path.read_text())
+            ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],
+                        yerr=[report["summary"]["log_px_stderr"]], fmt="s", color=color, mec="black",
+                        capsize=3, label=f"{name}: final test NLL, IS K={report['settings']['num_samples']}")
+        lows.append(min(r["test_nll"] for r in rows))
+        reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
+        if reference is not None:
+            references[reference] = f"Burda et al., {config['elbo']} {'k' if config['elbo'] == 'iwae' else 'L'}" \
+                                    f"={config['num_particles']} (3,280 epochs): {reference}"
+    for style, (reference, label) in zip(("--", ":"), sorted(references.items(), reverse=True)):
+        ax.axhline(reference, color="grey", ls=style, lw=1, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per test image (lower is better)")
-    low = min([r["test_nll"] for r in rows] + ([reference] if reference else []))
+    low = min(lows + list(references))
     ax.set_ylim(low - 2, low + 25)
-    ax.set_title(run_title(config), fontsize=9)
+    if len(run_dirs) == 1:
+        ax.set_title(run_title(config), fontsize=9)
+    else:
+        ax.set_title("Burda et al.'s MNIST benchmark: 784-200-200-50, dynamically binarized", fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    path = run_dir / "learning_curve.png"
+    ax.legend(fontsize=7)
     save_figure(fig, path)
     return path
 
@@ -353,6 +370,9 @@ def build_parser() -> ArgumentParser:
     curve_parser.add_argument("--data-dir")
     curve_parser.add_argument("--device", default="auto")
     curve_parser.add_argument("--no-progress", action="store_true")
+    figure_parser = sub.add_parser("paper-figure", help="the learning curves of several paper runs on one plot")
+    figure_parser.add_argument("run_dirs", nargs="+", help="runs with a learning_curve.csv (from paper or curve)")
+    figure_parser.add_argument("--out", required=True, help="the PNG to write")
     manifold_parser = sub.add_parser("manifold", help="the learned 2-D manifold (Kingma & Welling Fig. 4)")
     common(manifold_parser, 10)
     manifold_parser.add_argument("--run-dir", help="use this trained J = 2 run instead of training one")
@@ -377,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.elbo not in ("trace", "iwae"):
             raise UsageError(f"--elbo {args.elbo!r}: the paper recipe trains trace or iwae")
         paper(args)
+    elif args.command == "paper-figure":
+        for run_dir in args.run_dirs:
+            if not (Path(run_dir) / "learning_curve.csv").is_file():
+                raise UsageError(f"{run_dir} has no learning_curve.csv: run "
+                                 f"'python -m pyro_vae.experiments curve {run_dir}' first")
+        print(f"wrote {plot_paper_curve([Path(d) for d in args.run_dirs], Path(args.out))}")
     else:
         if not Path(args.run_dir).is_dir():
             raise UsageError(f"{args.run_dir} is not a directory")

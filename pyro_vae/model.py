@@ -72,7 +72,8 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)
-        with pyro.plate("data", x.shape[0]):
+        # device=: the plate's index tensor is made where the data is, with no device probe
+        with pyro.plate("data", x.shape[0], device=x.device):
             prior = dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim))
             z = pyro.sample("z", prior.to_event(1))
             likelihood = dist.Bernoulli(logits=self.decoder(z), validate_args=self._validate_obs)
@@ -80,7 +81,7 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], device=x.device):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 

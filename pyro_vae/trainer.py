@@ -373,9 +373,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             if done < num_batches:
                 log(f"wall-time budget of {config.max_seconds:g} s spent after {done} steps of epoch {epoch + 1}")
                 break
+            valid = f"valid {row['valid_elbo']:.2f}  " if len(dataset.valid) else ""
             log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
-                f"valid {row['valid_elbo']:.2f}  test {row['test_elbo']:.2f}  nats/image  "
-                f"({seconds:.1f} s)")
+                f"{valid}test {row['test_elbo']:.2f}  nats/image  ({seconds:.1f} s)")
     return history
 
 

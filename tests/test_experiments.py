@@ -1,8 +1,10 @@
 """The seed's experiments: the latent grid, the sweep's skip/resume, and every figure command."""
 
+import pytest
 import torch
 
 from pyro_vae import experiments, runs
+from pyro_vae.cli import UsageError
 from pyro_vae.model import VAE
 from pyro_vae.runs import read_metrics
 
@@ -91,3 +93,10 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     config = json.loads((run_dir / "config.json").read_text())
     assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50
     assert config["binarize"] == "dynamic" and config["adam_eps"] == 1e-4 and config["valid_size"] == 0
+
+    # several runs on one plot; a run without a curve is refused in one line
+    figure = tmp_path / "curves.png"
+    experiments.main(["paper-figure", str(run_dir), str(run_dir), "--out", str(figure)])
+    assert figure.stat().st_size > 1000
+    with pytest.raises(UsageError, match="no learning_curve.csv"):
+        experiments.main(["paper-figure", str(tmp_path), "--out", str(figure)])
