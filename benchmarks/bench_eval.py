@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_machine, synchronize, write_section  # noqa: E402
+from common import add_thread_flag, apply_thread_flag, describe_machine, synchronize, write_section  # noqa: E402
 
 from pyro_vae.marginal import estimate_log_likelihood, plan_chunks, vae_bytes_per_row  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
@@ -96,7 +96,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--max-memory-mb", type=float, default=1024.0)
     parser.add_argument("--no-write", action="store_true")
+    add_thread_flag(parser)
     args = parser.parse_args()
+    threads_flag = apply_thread_flag(args)
     device = torch.device(args.device)
     vae, images = setup(device, args.images)
     run_estimator(vae, images[:10], 100, args.max_memory_mb)  # warm-up
@@ -123,7 +125,7 @@ def main() -> None:
     print(table)
     if not args.no_write:
         body = (f"`python benchmarks/bench_eval.py --device {args.device} --images {args.images} "
-                f"--samples {args.samples} --max-memory-mb {args.max_memory_mb:g}`: seed net 784-500-20, "
+                f"--samples {args.samples} --max-memory-mb {args.max_memory_mb:g}{threads_flag}`: seed net 784-500-20, "
                 f"{work:,} image x sample pairs.\n\nMachine: {describe_machine(device)}.\n\n{table}")
         write_section(f"Log-likelihood evaluation ({device.type})", body)
 

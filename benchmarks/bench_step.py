@@ -18,7 +18,9 @@ import torch
 from pyro.infer import SVI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_machine, interleaved_step_times, median_ms, write_section  # noqa: E402
+from common import (  # noqa: E402
+    add_thread_flag, apply_thread_flag, describe_machine, interleaved_step_times, median_ms, write_section,
+)
 from reference_vae import ReferenceVAE  # noqa: E402
 
 from pyro_vae.model import VAE  # noqa: E402
@@ -59,7 +61,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    add_thread_flag(parser)
     args = parser.parse_args()
+    threads_flag = apply_thread_flag(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((100, 784), 0.13, device=device))
@@ -91,7 +95,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        body = (f"`python benchmarks/bench_step.py --device {args.device} --steps {args.steps}`: "
+        body = (f"`python benchmarks/bench_step.py --device {args.device} --steps {args.steps}{threads_flag}`: "
                 f"seed net 784-500-20, batch 100, fused Adam (stock SVI: pyro.optim.Adam), median over {len(times['trace L=1'])} "
                 f"rounds of 10 steps each, all variants interleaved in one process.\n\n"
                 f"Machine: {describe_machine(device)}.\n\n{table}")

@@ -54,6 +54,18 @@ def interleaved_step_times(variants: dict[str, Callable[[], object]], device: to
     return times
 
 
+def add_thread_flag(parser) -> None:
+    parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
+
+
+def apply_thread_flag(args) -> str:
+    """Set torch's CPU threads from --threads; the flag as it belongs in the docs' command line."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        return f" --threads {args.threads}"
+    return ""
+
+
 def median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
