@@ -16,9 +16,34 @@ from typing import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from pyro.distributions.util import broadcast_shape
 from torch import nn
 
 NUM_PIXELS = 784
+
+
+class BernoulliPixels(dist.Independent):
+    """``Bernoulli(logits=logits).to_event(1)`` whose log-density sums the pixels' cross-entropies
+    before negating them: the same value, without a negation over every pixel forward and backward
+    (17% of a vectorized L = 10 step on the CPU, docs/benchmarks.md)."""
+
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
+        super().__init__(dist.Bernoulli(logits=logits, validate_args=validate_args), 1,
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "BernoulliPixels":
+        logits = self.base_dist.logits.expand(torch.Size(batch_shape) + self.event_shape)
+        return BernoulliPixels(logits, validate_args=self._validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.base_dist.logits
+        shape = broadcast_shape(logits.shape, value.shape)
+        cross_entropy = F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape),
+                                                           reduction="none")
+        return -cross_entropy.sum(-1)
 
 
 def tanh_mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -76,8 +101,7 @@ class VAE(nn.Module):
         with pyro.plate("data", x.shape[0], device=x.device):
             prior = dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim))
             z = pyro.sample("z", prior.to_event(1))
-            likelihood = dist.Bernoulli(logits=self.decoder(z), validate_args=self._validate_obs)
-            pyro.sample("x", likelihood.to_event(1), obs=x)
+            pyro.sample("x", BernoulliPixels(self.decoder(z), validate_args=self._validate_obs), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)

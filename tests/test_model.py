@@ -5,6 +5,7 @@ import math
 import pyro
 import pyro.poutine as poutine
 from pyro.poutine.util import site_is_subsample
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -83,3 +84,23 @@ def test_a_few_steps_lower_the_loss():
     step = make_step(vae, make_elbo("trace"), optimizer)
     losses = [step(x).item() for _ in range(60)]
     assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+
+
+def test_bernoulli_pixels_equals_bernoulli_to_event_in_value_and_gradient():
+    import pyro.distributions as dist
+    from pyro_vae.model import BernoulliPixels
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 784, requires_grad=True)
+    x = torch.bernoulli(torch.full((5, 784), 0.3))  # broadcast over the leading (particle) dim
+    ours = BernoulliPixels(logits).log_prob(x)
+    torch_version = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+    assert ours.shape == (3, 5) and torch.equal(ours, torch_version)
+    (ours_grad,) = torch.autograd.grad(ours.sum(), logits)
+    (torch_grad,) = torch.autograd.grad(torch_version.sum(), logits)
+    assert torch.equal(ours_grad, torch_grad)
+    expanded = BernoulliPixels(torch.randn(5, 784)).expand((3, 5))
+    assert expanded.batch_shape == (3, 5) and expanded.event_shape == (784,)
+    with pytest.raises(ValueError):  # grey levels are refused unless validation is off
+        BernoulliPixels(torch.zeros(784), validate_args=True).log_prob(torch.full((784,), 0.5))
+    assert torch.isfinite(BernoulliPixels(torch.zeros(784), validate_args=False).log_prob(torch.full((784,), 0.5)))
