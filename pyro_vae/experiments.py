@@ -156,11 +156,16 @@ def paper(args) -> None:
     train_and_report(config, resume=resume, progress=not args.no_progress)
     if args.curve_samples:
         learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
-        print(f"wrote {run_dir}/learning_curve.csv and learning_curve.png")
 
 
 # Burda et al. 2016, Table 1: test NLL (nats, k = 5000) of 784-200-200-50 trained 3,280 epochs
 BURDA_NLL = {("trace", 1): 86.76, ("iwae", 5): 85.54}
+CURVE_FILE = "learning_curve.csv"
+
+
+def objective_label(elbo: str, num_particles: int) -> str:
+    """'trace L=1', 'iwae k=5': the estimator and its particle count as the literature writes it."""
+    return f"{elbo} {'k' if elbo == 'iwae' else 'L'}={num_particles}"
 
 
 def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
@@ -175,27 +180,29 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
     snapshots = sorted((run_dir / runs.SNAPSHOT_DIR).glob("epoch-*.pt"))
     if not snapshots:
         raise UsageError(f"{run_dir} kept no weight snapshots ({runs.SNAPSHOT_DIR}/epoch-*.pt)")
-    vae, config, data = runs.load_run_and_data(run_dir, torch_device, data_dir)
+    vae, _, data = runs.load_run_and_data(run_dir, torch_device, data_dir)
+    bytes_per_row = vae_bytes_per_row(vae)  # the architecture's, the same for every snapshot
     rows = []
     for path in snapshots:
         state = runs.load_checkpoint(path, torch_device)
         vae.load_state_dict(state["model"])
         per_image = estimate_log_likelihood(vae.model, vae.guide, data.test.images, num_samples,
-                                            bytes_per_row=vae_bytes_per_row(vae), progress=progress)
+                                            bytes_per_row=bytes_per_row, progress=progress)
         summary = summarize(per_image, num_samples)
         rows.append({"epoch": state["epoch"], "num_samples": num_samples,
                      "test_nll": -summary["log_px_mean"], "test_nll_stderr": summary["log_px_stderr"],
                      "test_elbo": summary["elbo_mean"]})
         print(f"epoch {state['epoch']}: test NLL {rows[-1]['test_nll']:.2f} (K={num_samples})")
-    runs.write_metrics(run_dir / "learning_curve.csv", rows)
+    runs.write_metrics(run_dir / CURVE_FILE, rows)
     plot_paper_curve([run_dir], run_dir / "learning_curve.png")
+    print(f"wrote {run_dir / CURVE_FILE} and {run_dir / 'learning_curve.png'}")
     return rows
 
 
 def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
     """The learning curves of paper runs on one plot: per run, the per-epoch test -ELBO (line),
     the IS test NLL of its snapshots (learning_curve.csv, points) and the final K = 5000
-    estimate (square); Burda et al.'s figure for each objective shown (dashed)."""
+    estimate (square); Burda et al.'s figure for each objective shown (dashed, dotted)."""
     from . import runs
     from .plots import plt, run_title, save_figure
 
@@ -205,10 +212,10 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         run_dir = Path(run_dir)
         config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
         history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-        rows = runs.read_metrics(run_dir / "learning_curve.csv")
+        rows = runs.read_metrics(run_dir / CURVE_FILE)
         color = f"C{index}"
-        name = f"{config['elbo']} {'k' if config['elbo'] == 'iwae' else 'L'}={config['num_particles']}, " \
-               f"{config['epochs']} epochs"
+        objective = objective_label(config["elbo"], config["num_particles"])
+        name = f"{objective}, {config['epochs']} epochs"
         ax.plot([r["epoch"] for r in history], [-r["test_elbo"] for r in history], lw=0.8, alpha=0.6,
                 color=color, label=f"{name}: test -ELBO (1 sample)")
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
@@ -221,8 +228,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         lows.append(min(r["test_nll"] for r in rows))
         reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
         if reference is not None:
-            references[reference] = f"Burda et al., {config['elbo']} {'k' if config['elbo'] == 'iwae' else 'L'}" \
-                                    f"={config['num_particles']} (3,280 epochs): {reference}"
+            references[reference] = f"Burda et al., {objective} (3,280 epochs): {reference}"
     for style, (reference, label) in zip(("--", ":"), sorted(references.items(), reverse=True)):
         ax.axhline(reference, color="grey", ls=style, lw=1, label=label)
     ax.set_xscale("log")
@@ -399,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         paper(args)
     elif args.command == "paper-figure":
         for run_dir in args.run_dirs:
-            if not (Path(run_dir) / "learning_curve.csv").is_file():
-                raise UsageError(f"{run_dir} has no learning_curve.csv: run "
+            if not (Path(run_dir) / CURVE_FILE).is_file():
+                raise UsageError(f"{run_dir} has no {CURVE_FILE}: run "
                                  f"'python -m pyro_vae.experiments curve {run_dir}' first")
         print(f"wrote {plot_paper_curve([Path(d) for d in args.run_dirs], Path(args.out))}")
     else:

@@ -3,13 +3,14 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.poutine.util import site_is_subsample
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.model import VAE
+from pyro_vae.model import VAE, BernoulliPixels
 from pyro_vae.objectives import make_elbo
 from pyro_vae.trainer import TrainConfig, make_optimizer, make_step
 
@@ -87,9 +88,6 @@ def test_a_few_steps_lower_the_loss():
 
 
 def test_bernoulli_pixels_equals_bernoulli_to_event_in_value_and_gradient():
-    import pyro.distributions as dist
-    from pyro_vae.model import BernoulliPixels
-
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 784, requires_grad=True)
     x = torch.bernoulli(torch.full((5, 784), 0.3))  # broadcast over the leading (particle) dim
