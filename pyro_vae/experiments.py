@@ -139,17 +139,22 @@ def paper(args) -> None:
     from .trainer import BURDA_EPOCHS, TrainConfig
 
     name = f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
-    if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda":
+    schedule = args.schedule_epochs or args.epochs
+    if args.schedule_epochs and args.schedule_epochs >= args.epochs:
+        raise UsageError(f"--schedule-epochs {args.schedule_epochs} must be fewer than --epochs {args.epochs}")
+    if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
         name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
+        name += f"{schedule}" if args.schedule_epochs else ""
     run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
                          train_size=args.train_size, latent_dim=50, hidden_dims=(200, 200),
                          elbo=args.elbo, num_particles=args.num_particles,
                          vectorize_particles=args.num_particles > 1, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, adam_eps=1e-4,
+                         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                         schedule_epochs=args.schedule_epochs, adam_eps=1e-4,
                          optimizer="adam", device=args.device, seed=args.seed,
                          eval_samples=args.eval_samples, run_dir=str(run_dir),
-                         snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule))
+                         snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, schedule))
     resume = (run_dir / runs.CHECKPOINT_FILE).exists()
     print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
           f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
@@ -246,16 +251,18 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
     return path
 
 
-def paper_snapshot_epochs(epochs: int, schedule: str = "burda") -> list[int]:
-    """The ends of the schedule's stages and 1, 2, 5, 10, 20, 50, ... up to `epochs`."""
+def paper_snapshot_epochs(epochs: int, schedule: str = "burda", schedule_epochs: int | None = None) -> list[int]:
+    """The ends of the schedule's stages (fitted to `schedule_epochs`, default `epochs`), the
+    last epoch, and 1, 2, 5, 10, 20, 50, ... up to `epochs`."""
     from .trainer import BURDA_EPOCHS
 
+    length = schedule_epochs or epochs
     if schedule == "burda-equal":
-        stage_ends = {-(-(i + 1) * epochs // 8) for i in range(8)}
+        stage_ends = {-(-(i + 1) * length // 8) for i in range(8)}
     else:
-        stage_ends = {round(sum(3**j for j in range(i + 1)) * epochs / BURDA_EPOCHS) for i in range(8)}
+        stage_ends = {round(sum(3**j for j in range(i + 1)) * length / BURDA_EPOCHS) for i in range(8)}
     decades = {m * 10**e for e in range(6) for m in (1, 2, 5)}
-    return sorted(e for e in stage_ends | decades if 1 <= e <= epochs)
+    return sorted(e for e in stage_ends | decades | {epochs} if 1 <= e <= epochs)
 
 
 def manifold(args) -> None:
@@ -367,6 +374,10 @@ def build_parser() -> ArgumentParser:
     paper_parser.add_argument("--lr-schedule", default="burda", choices=["burda", "burda-equal"],
                               help="burda: 3^i-epoch stages scaled to --epochs; burda-equal: the same "
                                    "eight rates in equal stages (default burda)")
+    paper_parser.add_argument("--schedule-epochs", type=positive_int,
+                              help="fit the schedule to the first N epochs and train the rest at its last "
+                                   "rate (default: all of --epochs); a finished N-epoch run copied to the "
+                                   "new run's name is continued, not retrained")
     paper_parser.add_argument("--eval-samples", type=non_negative_int, default=5000, help="K at the end (5000)")
     paper_parser.add_argument("--curve-samples", type=non_negative_int, default=100,
                               help="K of the IS log p(x) of each snapshot, for the curve (100; 0 skips)")

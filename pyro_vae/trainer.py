@@ -54,6 +54,7 @@ class TrainConfig:
     batch_size: int = 100
     lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
     lr_schedule: str = "constant"  # or "burda": 3^i epochs at lr * 10^(-i/7), i = 0..7, fitted to `epochs`
+    schedule_epochs: int | None = None  # fit the schedule to this many epochs instead; later ones keep its last rate
     adam_eps: float = 1e-8
     optimizer: str = "adam"
     device: str = "auto"
@@ -129,10 +130,11 @@ LR_SCHEDULES = ("constant", "burda", "burda-equal")
 def learning_rate(config: TrainConfig, epoch: int) -> float:
     """The learning rate of a (0-based) epoch; a function of the epoch alone, so resuming keeps it."""
     base = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+    length = config.schedule_epochs or config.epochs
     if config.lr_schedule == "burda":
-        return burda_lr(epoch, base, config.epochs)
+        return burda_lr(epoch, base, length)
     if config.lr_schedule == "burda-equal":
-        return burda_equal_lr(epoch, base, config.epochs)
+        return burda_equal_lr(epoch, base, length)
     return base
 
 

@@ -1,5 +1,7 @@
 """The seed's experiments: the latent grid, the sweep's skip/resume, and every figure command."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -93,6 +95,19 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     config = json.loads((run_dir / "config.json").read_text())
     assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50
     assert config["binarize"] == "dynamic" and config["adam_eps"] == 1e-4 and config["valid_size"] == 0
+
+    # a finished run, copied to the longer run's name, is continued at the schedule's last rate
+    longer = tmp_path / "paper-trace-L1-6ep-equal4"
+    shutil.copytree(run_dir, longer)
+    experiments.main(["paper", "--epochs", "6", "--lr-schedule", "burda-equal", "--schedule-epochs", "4",
+                      "--train-size", "200", "--eval-samples", "0", "--curve-samples", "0",
+                      "--out", str(tmp_path), "--no-progress"])
+    continued = read_metrics(longer / "metrics.csv")
+    assert [(r["epoch"], r["train_elbo"]) for r in continued[:4]] == [(r["epoch"], r["train_elbo"]) for r in rows]
+    assert [r["lr"] for r in continued[4:]] == [1e-3 * 10 ** (-7 / 7)] * 2  # the eighth rate
+    assert (longer / "snapshots" / "epoch-00006.pt").exists()
+    with pytest.raises(UsageError, match="must be fewer than --epochs"):
+        experiments.main(["paper", "--epochs", "4", "--schedule-epochs", "4", "--out", str(tmp_path)])
 
     # several runs on one plot; a run without a curve is refused in one line
     figure = tmp_path / "curves.png"
