@@ -78,15 +78,17 @@ def test_fast_step_equals_svi_step(name):
     assert fast_losses == pytest.approx(svi_losses, rel=1e-5)
 
 
+@pytest.mark.parametrize("validate", [True, False])  # Pyro's traces, then the lean ones
 @pytest.mark.parametrize("particles, vectorize", [(1, False), (3, False), (3, True)])
-def test_trace_is_pyros_trace_elbo_without_host_reads(particles, vectorize, monkeypatch):
+def test_trace_is_pyros_trace_elbo_without_host_reads(particles, vectorize, validate, monkeypatch):
     x = images()
     results = []
     for elbo in (Trace_ELBO(num_particles=particles, vectorize_particles=vectorize, max_plate_nesting=1),
                  make_elbo("trace", particles, vectorize=vectorize)):
         vae = small_vae()
         pyro.set_rng_seed(4)
-        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        with pyro.validation_enabled(validate):
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
         loss.backward()
         results.append((loss.detach(), torch.cat([p.grad.flatten() for p in vae.parameters()])))
     (stock_loss, stock_grad), (loss, grad) = results
@@ -100,6 +102,26 @@ def test_trace_is_pyros_trace_elbo_without_host_reads(particles, vectorize, monk
         make_elbo("trace", particles, vectorize=vectorize).differentiable_loss(vae.model, vae.guide, x).backward()
         with pytest.raises(AssertionError, match="host read"):  # the check catches Pyro's own reads
             Trace_ELBO(num_particles=particles, max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_trace_scales_masks_and_refuses_score_function_guides(validate):
+    x = images()
+    vae = small_vae()
+    scaled = pyro.poutine.scale(vae.model, scale=0.25)  # as a subsampled data set scales the likelihood
+    masked = pyro.poutine.mask(vae.guide, mask=torch.arange(len(x)) % 2 == 0)
+    losses = []
+    for elbo in (Trace_ELBO(max_plate_nesting=1), make_elbo("trace")):
+        pyro.set_rng_seed(5)
+        with pyro.validation_enabled(validate):
+            losses.append(elbo.differentiable_loss(scaled, masked, x))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6)
+
+    def discrete_guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", pyro.distributions.Bernoulli(0.5 * torch.ones(len(x), vae.latent_dim)).to_event(1))
+    with pyro.validation_enabled(validate), pytest.raises(NotImplementedError, match="reparameterized"):
+        make_elbo("trace").differentiable_loss(vae.model, discrete_guide, x)
 
 
 def test_registry_refuses_bad_input():
