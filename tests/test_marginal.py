@@ -154,3 +154,19 @@ def test_bernoulli_vae_matches_quadrature_at_k5000():
     result = estimate_log_likelihood(vae.model, vae.guide, x, 5000, seed=0)
     assert abs((result["log_px"] - exact).mean().item()) < 0.05
     assert (result["elbo"] < exact).all()
+
+
+def test_pyro_checks_the_first_chunk_only():
+    vae = VAE(latent_dim=2, hidden_dims=(8,), binary_data=True)
+    with pytest.raises(ValueError):  # grey levels are outside Bernoulli's support
+        estimate_log_likelihood(vae.model, vae.guide, torch.full((4, 784), 0.5), 3)
+    seen = []
+    real_guide = vae.guide
+
+    def guide(x):
+        seen.append(pyro.infer.util.is_validation_enabled())
+        real_guide(x)
+    images = torch.bernoulli(torch.full((4, 784), 0.3))
+    estimate_log_likelihood(vae.model, guide, images, 6, batch_size=2, max_memory_mb=1e-9)
+    assert seen[0] and not any(seen[1:]) and len(seen) == 24  # 4 one-image x 6 one-sample chunks
+    assert pyro.infer.util.is_validation_enabled()  # and the caller's setting is back
