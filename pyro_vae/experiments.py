@@ -145,13 +145,14 @@ def paper(args) -> None:
     if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
         name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
         name += f"{schedule}" if args.schedule_epochs else ""
+    name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
                          train_size=args.train_size, latent_dim=50, hidden_dims=(200, 200),
                          elbo=args.elbo, num_particles=args.num_particles,
                          vectorize_particles=args.num_particles > 1, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                         schedule_epochs=args.schedule_epochs, adam_eps=1e-4,
+                         schedule_epochs=args.schedule_epochs, ema_decay=args.ema_decay, adam_eps=1e-4,
                          optimizer="adam", device=args.device, seed=args.seed,
                          eval_samples=args.eval_samples, run_dir=str(run_dir),
                          snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, schedule))
@@ -378,6 +379,9 @@ def build_parser() -> ArgumentParser:
                               help="fit the schedule to the first N epochs and train the rest at its last "
                                    "rate (default: all of --epochs); a finished N-epoch run copied to the "
                                    "new run's name is continued, not retrained")
+    paper_parser.add_argument("--ema-decay", type=float, default=0.0,
+                              help="score an exponential moving average of the weights (e.g. 0.999; "
+                                   "default 0: off, as Burda et al.)")
     paper_parser.add_argument("--eval-samples", type=non_negative_int, default=5000, help="K at the end (5000)")
     paper_parser.add_argument("--curve-samples", type=non_negative_int, default=100,
                               help="K of the IS log p(x) of each snapshot, for the curve (100; 0 skips)")

@@ -181,8 +181,8 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
     """(vae, config) of a run directory, from one read of its checkpoint."""
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
     vae = build_vae(state["config"]).to(device)
-    try:
-        vae.load_state_dict(state["model"])
+    try:  # a run with --ema-decay is scored by its averaged weights
+        vae.load_state_dict(state["model_ema"] if "model_ema" in state else state["model"])
     except (RuntimeError, KeyError, TypeError) as error:
         raise UsageError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
     pyro.clear_param_store()

@@ -58,6 +58,9 @@ def build_parser() -> ArgumentParser:
     optim.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                        help="constant, or burda: 3^i epochs at lr x 10^(-i/7), i = 0..7 (default constant)")
     optim.add_argument("--adam-eps", type=positive_float, help="Adam's epsilon (default 1e-8; Burda et al. 1e-4)")
+    optim.add_argument("--ema-decay", type=float,
+                       help="score the run by an exponential moving average of the weights with this "
+                            "decay per step, e.g. 0.999 (default 0: the weights themselves)")
     optim.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                        help=f"(default {d.optimizer}; Kingma & Welling used adagrad)")
     run = p.add_argument_group("run")

@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
     lr_schedule: str = "constant"  # or "burda": 3^i epochs at lr * 10^(-i/7), i = 0..7, fitted to `epochs`
     schedule_epochs: int | None = None  # fit the schedule to this many epochs instead; later ones keep its last rate
+    ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights (Polyak averaging)
     adam_eps: float = 1e-8
     optimizer: str = "adam"
     device: str = "auto"
@@ -70,6 +71,17 @@ class TrainConfig:
         config["hidden_dims"] = list(self.hidden_dims)
         config["snapshot_epochs"] = list(self.snapshot_epochs)
         return config
+
+
+def make_weight_average(vae: VAE, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """Polyak averaging for evaluation: after every step, average <- decay * average + (1 - decay) *
+    weights (the first step copies them). The optimizer never sees the average; None if decay is 0."""
+    if not 0.0 <= decay < 1.0:
+        raise UsageError(f"--ema-decay must be in [0, 1), got {decay}")
+    if not decay:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        vae, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -256,6 +268,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
     elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, config.jit,
                      **config.extra)
     optimizer = make_optimizer(config, vae.parameters())
+    average = make_weight_average(vae, config.ema_decay)
+    evaluated = average.module if average is not None else vae  # the weights the run is scored by
     checkpoint_path = run_dir / runs.CHECKPOINT_FILE
     metrics_path = run_dir / runs.METRICS_FILE
     distributed.barrier(world)  # every rank has checked the run directory before rank 0 writes
@@ -270,6 +284,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
         state = runs.load_checkpoint(checkpoint_path, device)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None and "model_ema" in state:  # else the average starts here
+            average.module.load_state_dict(state["model_ema"])
+            average.n_averaged.fill_(state["ema_updates"])
         rank_states = state.get("rng_ranks") or [state["rng"]]
         if len(rank_states) != world.size:
             raise UsageError(f"{checkpoint_path} was written by {len(rank_states)} process(es); "
@@ -286,6 +303,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
 
     def checkpoint(epoch: int, step: int, epoch_losses=None, epoch_seconds=0.0) -> None:
         extra = {} if epoch_losses is None else {"epoch_losses": epoch_losses, "epoch_seconds": epoch_seconds}
+        if average is not None:
+            extra.update(model_ema=average.module.state_dict(), ema_updates=int(average.n_averaged))
         rng = runs.rng_state()
         if world.active:  # every rank's RNG and partial losses, so a resume is exact
             extra["rng_ranks"] = distributed.gather_objects(rng, world)
@@ -333,6 +352,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved")
                 try:
                     losses[step] = step_fn(x)
+                    if average is not None:
+                        average.update_parameters(vae)
                 except ValueError as error:  # distribution validation: NaN parameters or data
                     bar.close()
                     raise TrainingFailed(_nonfinite_report(vae, epoch, step, math.nan, error)) from None
@@ -360,8 +381,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                 "images_seen": (history[-1]["images_seen"] if history else 0) + trained,
                 "train_elbo": -loss_sum / trained,
                 # rank 0 alone writes rows: the other ranks need not score the model
-                "valid_elbo": estimate_elbo(vae, dataset.valid.images) if world.is_main else math.nan,
-                "test_elbo": estimate_elbo(vae, dataset.test.images) if world.is_main else math.nan,
+                "valid_elbo": estimate_elbo(evaluated, dataset.valid.images) if world.is_main else math.nan,
+                "test_elbo": estimate_elbo(evaluated, dataset.test.images) if world.is_main else math.nan,
                 "epoch_seconds": round(seconds, 3),
                 "lr": lr,
             }
@@ -369,7 +390,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
             checkpoint(epoch + 1, 0)
             if epoch + 1 in config.snapshot_epochs and world.is_main:
                 runs.save_checkpoint(run_dir / runs.SNAPSHOT_DIR / f"epoch-{epoch + 1:05d}.pt",
-                                     {"config": config.to_dict(), "model": vae.state_dict(), "epoch": epoch + 1})
+                                     {"config": config.to_dict(), "model": evaluated.state_dict(), "epoch": epoch + 1})
             if world.is_main:
                 runs.append_metrics(metrics_path, row)
             if done < num_batches:

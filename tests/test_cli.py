@@ -44,6 +44,7 @@ def test_train_end_to_end_writes_the_run(data_dir, tmp_path):
     (["--elbo", "nope"], "--elbo"),
     (["--lr", "abc"], "--lr"),
     (["--device", "tpu"], "--device"),
+    (["--ema-decay", "1"], "--ema-decay"),
     (["--batch-size", "5000", "--train-size", "100"], "larger than"),
     (["--data-dir", "/nonexistent/data"], "not a directory"),
     (["--binarize", "dynamic", "--dataset", "binarized-mnist"], "already binary"),
