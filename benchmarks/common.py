@@ -79,7 +79,7 @@ def describe_machine(device: torch.device) -> str:
     except OSError:
         pass
     text = (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)")
+            f"({torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'})")
     if device.type == "cuda":
         text += f", GPU: {torch.cuda.get_device_name(device)}"
     return text
