@@ -139,12 +139,11 @@ def paper(args) -> None:
     from .trainer import BURDA_EPOCHS, TrainConfig
 
     name = f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
-    schedule = args.schedule_epochs or args.epochs
     if args.schedule_epochs and args.schedule_epochs >= args.epochs:
         raise UsageError(f"--schedule-epochs {args.schedule_epochs} must be fewer than --epochs {args.epochs}")
     if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
         name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
-        name += f"{schedule}" if args.schedule_epochs else ""
+        name += str(args.schedule_epochs or "")
     name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
@@ -155,7 +154,7 @@ def paper(args) -> None:
                          schedule_epochs=args.schedule_epochs, ema_decay=args.ema_decay, adam_eps=1e-4,
                          optimizer="adam", device=args.device, seed=args.seed,
                          eval_samples=args.eval_samples, run_dir=str(run_dir),
-                         snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, schedule))
+                         snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
     resume = (run_dir / runs.CHECKPOINT_FILE).exists()
     print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
           f"sample(s), {args.epochs} epochs, batch {args.batch_size}")

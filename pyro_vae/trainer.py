@@ -352,11 +352,11 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
                     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved")
                 try:
                     losses[step] = step_fn(x)
-                    if average is not None:
-                        average.update_parameters(vae)
                 except ValueError as error:  # distribution validation: NaN parameters or data
                     bar.close()
                     raise TrainingFailed(_nonfinite_report(vae, epoch, step, math.nan, error)) from None
+                if average is not None:
+                    average.update_parameters(vae)
                 if (step + 1) % sync_every == 0 or step + 1 == num_batches:
                     recent = losses[checked:step + 1].cpu()
                     if not torch.isfinite(recent).all():
