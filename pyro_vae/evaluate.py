@@ -31,6 +31,9 @@ def build_parser() -> ArgumentParser:
                    help="k of the IWAE_k bound reported beside log p(x) (default 50)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--limit", type=positive_int, help="score only the first N images of the split")
+    p.add_argument("--weights", default="averaged", choices=runs.WEIGHTS,
+                   help="for a run trained with --ema-decay: its averaged weights (default) or the last "
+                        "iterate (written to eval_<split>_K<K>_last.json)")
     p.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -39,7 +42,8 @@ def build_parser() -> ArgumentParser:
 def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "test",
                  device: str = "auto", batch_size: int = 100, max_memory_mb: float = 1024.0,
                  iwae_k: int = 50, seed: int = 0, limit: int | None = None,
-                 data_dir: str | None = None, progress: bool = True, dataset=None) -> dict:
+                 data_dir: str | None = None, progress: bool = True, dataset=None,
+                 weights: str = "averaged") -> dict:
     """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
     from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
     from .trainer import world_and_device
@@ -51,9 +55,11 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     run_dir = Path(run_dir)
     world, torch_device = world_and_device(device)
     if dataset is None:
-        vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir)
+        vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights)
     else:
-        vae, config = runs.load_run_and_config(run_dir, torch_device)
+        vae, config = runs.load_run_and_config(run_dir, torch_device, weights)
+    if not config.get("ema_decay"):
+        weights = "last"  # no average was kept: the last iterate is all there is
     images = dataset.split(split).images[:limit]
     if len(images) == 0:
         raise UsageError(f"the {split} split of this run is empty")
@@ -67,13 +73,15 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                      "num_samples": num_samples, "iwae_k": min(iwae_k, num_samples), "seed": seed,
                      "batch_size": batch_size, "max_memory_mb": max_memory_mb,
                      "device": str(torch_device), "dataset": config["dataset"],
-                     "binarize": config["binarize"]},
+                     "binarize": config["binarize"], "weights": weights},
         "summary": summarize(per_image, num_samples),
         "seconds": round(time.perf_counter() - started, 3),
         "processes": world.size,
         "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
     }
-    path = run_dir / f"eval_{split}_K{num_samples}.json"
+    # the last iterate of an averaged run gets its own file, so the run's own score is kept
+    suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
+    path = run_dir / f"eval_{split}_K{num_samples}{suffix}.json"
     if world.is_main:
         runs.write_json(path, report)
     report["path"] = str(path)
@@ -107,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"{args.run_dir} is not a directory")
     report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
                           args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, weights=args.weights)
     if distributed.current_world().is_main:
         print(format_summary(report))
         print(f"wrote {report['path']}")

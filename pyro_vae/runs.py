@@ -177,12 +177,20 @@ def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> 
     return load_run_and_config(run_dir, device)[0]
 
 
-def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
-    """(vae, config) of a run directory, from one read of its checkpoint."""
+WEIGHTS = ("averaged", "last")
+
+
+def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
+                        weights: str = "averaged") -> tuple[VAE, dict]:
+    """(vae, config) of a run directory, from one read of its checkpoint. A run trained with
+    --ema-decay is scored by its averaged weights unless ``weights="last"`` (the last iterate)."""
+    if weights not in WEIGHTS:
+        raise UsageError(f"unknown --weights {weights!r}; choose from {', '.join(WEIGHTS)}")
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
     vae = build_vae(state["config"]).to(device)
-    try:  # a run with --ema-decay is scored by its averaged weights
-        vae.load_state_dict(state["model_ema"] if "model_ema" in state else state["model"])
+    try:
+        vae.load_state_dict(state["model_ema"] if "model_ema" in state and weights == "averaged"
+                            else state["model"])
     except (RuntimeError, KeyError, TypeError) as error:
         raise UsageError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
     pyro.clear_param_store()
@@ -190,11 +198,11 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
 
 
 def load_run_and_data(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
-                      data_dir: str | None = None):
+                      data_dir: str | None = None, weights: str = "averaged"):
     """(vae, config, dataset): a trained run with its data set, split as it was for training."""
     from .data import load_dataset
 
-    vae, config = load_run_and_config(run_dir, device)
+    vae, config = load_run_and_config(run_dir, device, weights)
     dataset = load_dataset(config["dataset"], config["binarize"], data_dir or config["data_dir"],
                            device, valid_size=config["valid_size"])
     return vae, config, dataset

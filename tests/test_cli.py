@@ -72,6 +72,7 @@ def test_bad_flag_in_a_fresh_process_has_no_traceback(tmp_path):
     (["{empty}"], "no checkpoint"),
     (["{empty}", "--num-samples", "0"], "--num-samples"),
     (["{empty}", "--split", "train2"], "--split"),
+    (["{empty}", "--weights", "best"], "--weights"),
 ])
 def test_bad_evaluate_input(argv, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()

@@ -1,10 +1,12 @@
-"""The trainer's weight average (--ema-decay): exact after two steps, kept across a resume, scored."""
+"""The trainer's weight average (--ema-decay): exact after two steps, kept across a resume, scored;
+its last iterate can still be scored on request."""
 
 import pytest
 import torch
 
 from tests.conftest import synthetic_dataset
 from pyro_vae import runs
+from pyro_vae.evaluate import evaluate_run
 from pyro_vae.cli import UsageError
 from pyro_vae.model import VAE
 from pyro_vae.trainer import TrainConfig, make_weight_average, train
@@ -39,3 +41,23 @@ def test_weight_average_refuses_a_decay_outside_0_1():
     assert make_weight_average(VAE(2, (8,)), 0.0) is None
     with pytest.raises(UsageError, match="--ema-decay"):
         make_weight_average(VAE(2, (8,)), 1.0)
+
+
+def test_evaluate_scores_the_last_iterate_of_an_averaged_run_on_request_without_touching_its_score(tmp_path):
+    data = synthetic_dataset(n_train=16, binarize="dynamic")
+    run = tmp_path / "run"
+    config = TrainConfig(run_dir=str(run), epochs=2, batch_size=16, hidden_dims=(8,), latent_dim=2,
+                         ema_decay=0.5, snapshot_epochs=[])
+    train(config, data, progress=False, log=lambda _: None)
+    state = runs.load_checkpoint(run / "checkpoint.pt")
+    last, _ = runs.load_run_and_config(run, weights="last")
+    assert all(torch.equal(last.state_dict()[k], state["model"][k]) for k in state["model"])
+
+    options = dict(num_samples=8, limit=8, dataset=data, progress=False)
+    averaged = evaluate_run(run, **options)
+    raw = evaluate_run(run, weights="last", **options)
+    assert averaged["path"].endswith("eval_test_K8.json") and raw["path"].endswith("eval_test_K8_last.json")
+    assert (averaged["settings"]["weights"], raw["settings"]["weights"]) == ("averaged", "last")
+    assert averaged["per_image"]["log_px"] != raw["per_image"]["log_px"]  # different weights, same seed
+    with pytest.raises(UsageError, match="--weights"):
+        runs.load_run_and_config(run, weights="best")
