@@ -37,8 +37,10 @@ def test_sharded_evaluation_equals_one_process(tmp_path, data_dir):
     train(TrainConfig(run_dir=str(run), epochs=1, train_size=200, hidden_dims=(32,), latent_dim=4,
                       eval_samples=0, data_dir=str(data_dir)), progress=False, log=lambda _: None)
     flags = ["--num-samples", "20", "--limit", "230", "--batch-size", "40", "--no-progress", "--seed", "4"]
+    # one thread, as each rank: torch's reductions may group sums differently with more threads
     single = subprocess.run([sys.executable, "-m", "pyro_vae.evaluate", str(run), *flags],
-                            capture_output=True, text=True, cwd=REPO, timeout=240)
+                            capture_output=True, text=True, cwd=REPO, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
     one = json.loads((run / "eval_test_K20.json").read_text())
     (run / "eval_test_K20.json").unlink()

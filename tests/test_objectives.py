@@ -74,7 +74,9 @@ def test_fast_step_equals_svi_step(name):
             losses = [step(x).item() for _ in range(5)]
         params.append((torch.cat([p.detach().flatten() for p in vae.parameters()]), losses))
     (fast, fast_losses), (svi, svi_losses) = params
-    assert torch.allclose(fast, svi, atol=1e-5)
+    # Adam divides by the gradient's size, so float32 rounding in a near-zero gradient can move a
+    # weight by a fair part of one step (1e-2): 1e-4 is 1% of a step, a wrong gradient moves ~1e-2
+    assert torch.allclose(fast, svi, atol=1e-4)
     assert fast_losses == pytest.approx(svi_losses, rel=1e-5)
 
 
