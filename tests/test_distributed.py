@@ -8,7 +8,7 @@ import sys
 import torch
 
 from pyro_vae.trainer import TrainConfig, train
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 WORKERS = REPO / "tests" / "workers"
 
@@ -38,9 +38,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path, data_dir):
                       eval_samples=0, data_dir=str(data_dir)), progress=False, log=lambda _: None)
     flags = ["--num-samples", "20", "--limit", "230", "--batch-size", "40", "--no-progress", "--seed", "4"]
     # one thread, as each rank: torch's reductions may group sums differently with more threads
-    single = subprocess.run([sys.executable, "-m", "pyro_vae.evaluate", str(run), *flags],
-                            capture_output=True, text=True, cwd=REPO, timeout=240,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    single = run_cli("pyro_vae.evaluate", str(run), *flags, env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
     one = json.loads((run / "eval_test_K20.json").read_text())
     (run / "eval_test_K20.json").unlink()
