@@ -15,6 +15,7 @@ Backend: ``nccl`` on CUDA, ``gloo`` on the CPU.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Iterable
@@ -48,6 +49,8 @@ def init_world(device: torch.device) -> World:
         return World()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # left to the interpreter's exit, gloo's threads are destroyed while joinable: SIGABRT
+        atexit.register(dist.destroy_process_group)
     return current_world()
 
 
