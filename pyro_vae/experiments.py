@@ -144,6 +144,7 @@ def paper(args) -> None:
     if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
         name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
         name += str(args.schedule_epochs or "")
+    name += f"-b{args.batch_size}" if args.batch_size != 100 else ""  # a continuation may change it
     name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,

@@ -106,6 +106,14 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     assert [(r["epoch"], r["train_elbo"]) for r in continued[:4]] == [(r["epoch"], r["train_elbo"]) for r in rows]
     assert [r["lr"] for r in continued[4:]] == [1e-3 * 10 ** (-7 / 7)] * 2  # the eighth rate
     assert (longer / "snapshots" / "epoch-00006.pt").exists()
+    # continued at another batch size: the name says so, and the config holds the new size
+    smaller = tmp_path / "paper-trace-L1-7ep-equal4-b50"
+    shutil.copytree(longer, smaller)
+    experiments.main(["paper", "--epochs", "7", "--lr-schedule", "burda-equal", "--schedule-epochs", "4",
+                      "--batch-size", "50", "--train-size", "200", "--eval-samples", "0", "--curve-samples", "0",
+                      "--out", str(tmp_path), "--no-progress"])
+    assert [r["epoch"] for r in read_metrics(smaller / "metrics.csv")] == list(range(1, 8))
+    assert json.loads((smaller / "config.json").read_text())["batch_size"] == 50
     with pytest.raises(UsageError, match="must be fewer than --epochs"):
         experiments.main(["paper", "--epochs", "4", "--schedule-epochs", "4", "--out", str(tmp_path)])
 
