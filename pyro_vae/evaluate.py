@@ -1,7 +1,8 @@
 """Score a trained run by importance sampling: ``python -m pyro_vae.evaluate RUN_DIR``.
 
-Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values) and
-prints a short table. See marginal.py for what the figures mean.
+Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values; a
+``--limit N`` subset adds ``_firstN``, the last iterate of an averaged run ``_last``) and prints a
+short table. See marginal.py for what the figures mean.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         "processes": world.size,
         "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
     }
-    # the last iterate of an averaged run gets its own file, so the run's own score is kept
+    # a subset, or the last iterate of an averaged run, gets its own file: the run's score is kept
+    subset = f"_first{len(images)}" if len(images) < len(dataset.split(split).images) else ""
     suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
-    path = run_dir / f"eval_{split}_K{num_samples}{suffix}.json"
+    path = run_dir / f"eval_{split}_K{num_samples}{subset}{suffix}.json"
     if world.is_main:
         runs.write_json(path, report)
     report["path"] = str(path)

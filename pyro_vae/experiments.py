@@ -227,7 +227,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
                 label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
         for report_path in sorted(run_dir.glob("eval_test_K*.json")):
-            if report_path.stem.endswith("_last"):  # the run is scored by its average
+            if report_path.stem.endswith("_last") or "_first" in report_path.stem:  # the average, all images
                 continue
             report = json.loads(report_path.read_text())
             ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],

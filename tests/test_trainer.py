@@ -1,6 +1,8 @@
 """The trainer's weight average (--ema-decay): exact after two steps, kept across a resume, scored;
 its last iterate can still be scored on request."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -56,7 +58,10 @@ def test_evaluate_scores_the_last_iterate_of_an_averaged_run_on_request_without_
     options = dict(num_samples=8, limit=8, dataset=data, progress=False)
     averaged = evaluate_run(run, **options)
     raw = evaluate_run(run, weights="last", **options)
-    assert averaged["path"].endswith("eval_test_K8.json") and raw["path"].endswith("eval_test_K8_last.json")
+    assert averaged["path"].endswith("eval_test_K8_first8.json")
+    assert raw["path"].endswith("eval_test_K8_first8_last.json")
+    whole = evaluate_run(run, num_samples=8, dataset=data, progress=False)  # all 32 test images
+    assert whole["path"].endswith("eval_test_K8.json") and Path(averaged["path"]).exists()  # the subset kept
     assert (averaged["settings"]["weights"], raw["settings"]["weights"]) == ("averaged", "last")
     assert averaged["per_image"]["log_px"] != raw["per_image"]["log_px"]  # different weights, same seed
     with pytest.raises(UsageError, match="--weights"):
