@@ -61,7 +61,8 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         vae, config = runs.load_run_and_config(run_dir, torch_device, weights)
     if not config.get("ema_decay"):
         weights = "last"  # no average was kept: the last iterate is all there is
-    images = dataset.split(split).images[:limit]
+    split_images = dataset.split(split).images
+    images = split_images[:limit]
     if len(images) == 0:
         raise UsageError(f"the {split} split of this run is empty")
     started = time.perf_counter()
@@ -81,7 +82,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
     }
     # a subset, or the last iterate of an averaged run, gets its own file: the run's score is kept
-    subset = f"_first{len(images)}" if len(images) < len(dataset.split(split).images) else ""
+    subset = f"_first{len(images)}" if len(images) < len(split_images) else ""
     suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
     path = run_dir / f"eval_{split}_K{num_samples}{subset}{suffix}.json"
     if world.is_main:

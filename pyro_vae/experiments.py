@@ -28,6 +28,7 @@ import torch
 from .cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
 
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
+PAPER_BATCH_SIZE = 100  # a paper run at another batch size says so in its name
 
 
 def latent_grid(points_per_side: int) -> torch.Tensor:
@@ -144,7 +145,7 @@ def paper(args) -> None:
     if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
         name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
         name += str(args.schedule_epochs or "")
-    name += f"-b{args.batch_size}" if args.batch_size != 100 else ""  # a continuation may change it
+    name += f"-b{args.batch_size}" if args.batch_size != PAPER_BATCH_SIZE else ""
     name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
@@ -227,7 +228,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
                 label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
         for report_path in sorted(run_dir.glob("eval_test_K*.json")):
-            if report_path.stem.endswith("_last") or "_first" in report_path.stem:  # the average, all images
+            if not report_path.stem.removeprefix("eval_test_K").isdigit():  # a subset, or _last
                 continue
             report = json.loads(report_path.read_text())
             ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],
@@ -372,7 +373,8 @@ def build_parser() -> ArgumentParser:
     common(paper_parser, 3280)
     paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE) or iwae (default trace)")
     paper_parser.add_argument("--num-particles", type=positive_int, default=1, help="L, or k for iwae (1)")
-    paper_parser.add_argument("--batch-size", type=positive_int, default=100, help="(default 100; Burda used 20)")
+    paper_parser.add_argument("--batch-size", type=positive_int, default=PAPER_BATCH_SIZE,
+                              help=f"(default {PAPER_BATCH_SIZE}; Burda used 20)")
     paper_parser.add_argument("--lr", type=float, default=1e-3, help="base rate of the schedule (1e-3)")
     paper_parser.add_argument("--lr-schedule", default="burda", choices=["burda", "burda-equal"],
                               help="burda: 3^i-epoch stages scaled to --epochs; burda-equal: the same "

@@ -166,14 +166,17 @@ def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tens
     return {name: torch.cat([r[name].to(images.device) for _, r in parts]) for name in parts[0][1]}
 
 
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-image values and its standard error, std / sqrt(n) (nan for one image)."""
+    n = len(values)
+    return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
+
+
 def summarize(per_image: dict[str, torch.Tensor], num_samples: int) -> dict[str, float]:
     """Mean and standard error over images, and the ESS warnings."""
     summary: dict[str, float] = {}
-    n = len(per_image["log_px"])
     for name in ("log_px", "iwae", "elbo"):
-        values = per_image[name]
-        summary[f"{name}_mean"] = values.mean().item()
-        summary[f"{name}_stderr"] = (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
+        summary[f"{name}_mean"], summary[f"{name}_stderr"] = mean_and_stderr(per_image[name])
     ess = per_image["ess"]
     summary["ess_median"] = ess.median().item()
     summary["ess_low_fraction"] = (ess < 0.01 * num_samples).double().mean().item()

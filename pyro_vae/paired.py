@@ -14,11 +14,13 @@ the same images (data set, binarization, split and count), in any K, seed or wei
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from .cli import ArgumentParser, UsageError, run_main
+from .marginal import mean_and_stderr
 
 SCORES = {"log_px": "log p(x), IS", "iwae": "IWAE bound", "elbo": "ELBO"}
 SAME_IMAGES = ("dataset", "binarize", "split", "num_images")
@@ -28,7 +30,7 @@ def load_evaluation(path: str | Path) -> dict:
     """An evaluation JSON, or a one-line UsageError saying why it is not one."""
     try:
         report = json.loads(Path(path).read_text())
-        report["settings"], report["per_image"]["log_px"]
+        report["settings"], report["per_image"]["log_px"]  # raise KeyError if it is not one
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -46,13 +48,10 @@ def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
     for score in SCORES:
         if score not in a["per_image"] or score not in b["per_image"]:
             continue
-        x, y = a["per_image"][score], b["per_image"][score]
-        d = [yi - xi for xi, yi in zip(x, y)]
-        n = len(d)
-        mean = sum(d) / n
-        variance = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else math.nan
-        table[score] = {"a": sum(x) / n, "b": sum(y) / n, "difference": mean,
-                        "stderr": math.sqrt(variance / n)}
+        x, y = (torch.tensor(r["per_image"][score], dtype=torch.float64) for r in (a, b))
+        difference, stderr = mean_and_stderr(y - x)
+        table[score] = {"a": x.mean().item(), "b": y.mean().item(), "difference": difference,
+                        "stderr": stderr}
     return table
 
 
