@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -157,6 +158,8 @@ def paper(args) -> None:
                          optimizer="adam", device=args.device, seed=args.seed,
                          eval_samples=args.eval_samples, run_dir=str(run_dir),
                          snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
+    if args.continue_from:
+        copy_run_to_continue(Path(args.continue_from), run_dir, args.epochs)
     resume = (run_dir / runs.CHECKPOINT_FILE).exists()
     print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
           f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
@@ -165,11 +168,42 @@ def paper(args) -> None:
         learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
 
 
+def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
+    """Start ``run_dir`` as a copy of the paper run ``source`` (its checkpoint, with Adam's state,
+    the RNG states and any weight average; config, metrics, learning curve and snapshots), so that
+    resuming it trains on from there. A run_dir that already holds a run is left as it is (an
+    interrupted continuation resumes). The copy is made beside run_dir and renamed into place."""
+    from . import runs
+
+    if (run_dir / runs.CHECKPOINT_FILE).exists():
+        print(f"{run_dir} already holds a run: resuming it, not copying {source}")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir} holds files but no {runs.CHECKPOINT_FILE}; move it away first")
+    config_path = source / runs.CONFIG_FILE
+    source_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if source_config.get("hidden_dims") != [200, 200] or source_config.get("latent_dim") != 50:
+        raise UsageError(f"--continue-from {source}: not a paper run (784-200-200-50 with its {runs.CONFIG_FILE})")
+    trained = runs.load_checkpoint(source / runs.CHECKPOINT_FILE)["epoch"]
+    if trained >= epochs:
+        raise UsageError(f"--continue-from {source}: it has trained {trained} epochs; "
+                         f"ask for more with --epochs (not {epochs})")
+    staging = run_dir.with_name(f".{run_dir.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted copy
+    staging.mkdir(parents=True)
+    for name in (runs.CONFIG_FILE, runs.METRICS_FILE, runs.CURVE_FILE, runs.CHECKPOINT_FILE, runs.SNAPSHOT_DIR):
+        if (source / name).is_dir():
+            shutil.copytree(source / name, staging / name)
+        elif (source / name).is_file():
+            shutil.copy2(source / name, staging / name)
+    if run_dir.exists():
+        run_dir.rmdir()  # empty, checked above
+    staging.rename(run_dir)
+    print(f"copied {source} (epoch {trained}) to {run_dir}")
+
+
 # Burda et al. 2016, Table 1: test NLL (nats, k = 5000) of 784-200-200-50 trained 3,280 epochs
 BURDA_NLL = {("trace", 1): 86.76, ("iwae", 5): 85.54}
-CURVE_FILE = "learning_curve.csv"
-
-
 def objective_label(elbo: str, num_particles: int) -> str:
     """'trace L=1', 'iwae k=5': the estimator and its particle count as the literature writes it."""
     return f"{elbo} {'k' if elbo == 'iwae' else 'L'}={num_particles}"
@@ -178,7 +212,8 @@ def objective_label(elbo: str, num_particles: int) -> str:
 def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
                    data_dir: str | None = None, progress: bool = True) -> list[dict]:
     """Test NLL by importance sampling (K = num_samples) of each snapshot of a run, written to
-    learning_curve.csv and, with the per-epoch test ELBO, learning_curve.png."""
+    learning_curve.csv and, with the per-epoch test ELBO, learning_curve.png. Rows of that file
+    at the same K whose snapshot is gone (those of a run this one continued) are kept."""
     from . import runs
     from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
     from .trainer import resolve_device
@@ -189,7 +224,10 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
         raise UsageError(f"{run_dir} kept no weight snapshots ({runs.SNAPSHOT_DIR}/epoch-*.pt)")
     vae, _, data = runs.load_run_and_data(run_dir, torch_device, data_dir)
     bytes_per_row = vae_bytes_per_row(vae)  # the architecture's, the same for every snapshot
-    rows = []
+    curve_path = run_dir / runs.CURVE_FILE
+    snapshot_epochs = {int(path.stem.removeprefix("epoch-")) for path in snapshots}
+    rows = [row for row in (runs.read_metrics(curve_path) if curve_path.exists() else [])
+            if row["num_samples"] == num_samples and row["epoch"] not in snapshot_epochs]
     for path in snapshots:
         state = runs.load_checkpoint(path, torch_device)
         vae.load_state_dict(state["model"])
@@ -200,9 +238,10 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
                      "test_nll": -summary["log_px_mean"], "test_nll_stderr": summary["log_px_stderr"],
                      "test_elbo": summary["elbo_mean"]})
         print(f"epoch {state['epoch']}: test NLL {rows[-1]['test_nll']:.2f} (K={num_samples})")
-    runs.write_metrics(run_dir / CURVE_FILE, rows)
+    rows.sort(key=lambda row: row["epoch"])
+    runs.write_metrics(curve_path, rows)
     plot_paper_curve([run_dir], run_dir / "learning_curve.png")
-    print(f"wrote {run_dir / CURVE_FILE} and {run_dir / 'learning_curve.png'}")
+    print(f"wrote {curve_path} and {run_dir / 'learning_curve.png'}")
     return rows
 
 
@@ -219,7 +258,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         run_dir = Path(run_dir)
         config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
         history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-        rows = runs.read_metrics(run_dir / CURVE_FILE)
+        rows = runs.read_metrics(run_dir / runs.CURVE_FILE)
         color = f"C{index}"
         objective = objective_label(config["elbo"], config["num_particles"])
         name = f"{objective}, {config['epochs']} epochs"
@@ -381,8 +420,11 @@ def build_parser() -> ArgumentParser:
                                    "eight rates in equal stages (default burda)")
     paper_parser.add_argument("--schedule-epochs", type=positive_int,
                               help="fit the schedule to the first N epochs and train the rest at its last "
-                                   "rate (default: all of --epochs); a finished N-epoch run copied to the "
-                                   "new run's name is continued, not retrained")
+                                   "rate (default: all of --epochs); with --continue-from, the rest "
+                                   "continues a finished N-epoch run")
+    paper_parser.add_argument("--continue-from", metavar="RUN",
+                              help="start from a copy of this paper run's last checkpoint (weights, "
+                                   "Adam's state, any average) and train on to --epochs")
     paper_parser.add_argument("--ema-decay", type=float, default=0.0,
                               help="score an exponential moving average of the weights (e.g. 0.999; "
                                    "default 0: off, as Burda et al.)")
@@ -423,9 +465,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UsageError(f"--elbo {args.elbo!r}: the paper recipe trains trace or iwae")
         paper(args)
     elif args.command == "paper-figure":
+        from . import runs
+
         for run_dir in args.run_dirs:
-            if not (Path(run_dir) / CURVE_FILE).is_file():
-                raise UsageError(f"{run_dir} has no {CURVE_FILE}: run "
+            if not (Path(run_dir) / runs.CURVE_FILE).is_file():
+                raise UsageError(f"{run_dir} has no {runs.CURVE_FILE}: run "
                                  f"'python -m pyro_vae.experiments curve {run_dir}' first")
         print(f"wrote {plot_paper_curve([Path(d) for d in args.run_dirs], Path(args.out))}")
     else:

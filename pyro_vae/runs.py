@@ -30,8 +30,9 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "pyro_vae-checkpoint-1"
 SNAPSHOT_DIR = "snapshots"  # weights kept at chosen epochs: <run>/snapshots/epoch-NNNNN.pt
+CURVE_FILE = "learning_curve.csv"  # IS test NLL of the snapshots (experiments curve)
 # what --overwrite may delete: only files a run writes, never the user's other files
-RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, "*.png", "eval_*.json",
+RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, CURVE_FILE, "*.png", "eval_*.json",
                        f"{SNAPSHOT_DIR}/epoch-*.pt")
 
 

@@ -96,16 +96,31 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50
     assert config["binarize"] == "dynamic" and config["adam_eps"] == 1e-4 and config["valid_size"] == 0
 
-    # a finished run, copied to the longer run's name, is continued at the schedule's last rate
+    # a finished run is continued from a copy, at the schedule's last rate
     longer = tmp_path / "paper-trace-L1-6ep-equal4"
-    shutil.copytree(run_dir, longer)
-    experiments.main(["paper", "--epochs", "6", "--lr-schedule", "burda-equal", "--schedule-epochs", "4",
-                      "--train-size", "200", "--eval-samples", "0", "--curve-samples", "0",
-                      "--out", str(tmp_path), "--no-progress"])
+    continue_args = ["paper", "--epochs", "6", "--lr-schedule", "burda-equal", "--schedule-epochs", "4",
+                     "--train-size", "200", "--eval-samples", "0", "--curve-samples", "0",
+                     "--out", str(tmp_path), "--no-progress", "--continue-from", str(run_dir)]
+    experiments.main(continue_args)
     continued = read_metrics(longer / "metrics.csv")
     assert [(r["epoch"], r["train_elbo"]) for r in continued[:4]] == [(r["epoch"], r["train_elbo"]) for r in rows]
     assert [r["lr"] for r in continued[4:]] == [1e-3 * 10 ** (-7 / 7)] * 2  # the eighth rate
-    assert (longer / "snapshots" / "epoch-00006.pt").exists()
+    assert (longer / "snapshots" / "epoch-00006.pt").exists() and len(read_metrics(run_dir / "metrics.csv")) == 4
+    experiments.main(continue_args)  # the same command again: nothing copied over the continued run
+    assert "resuming it, not copying" in capsys.readouterr().out
+    assert len(read_metrics(longer / "metrics.csv")) == 6
+    # its curve keeps the copied points whose snapshots are gone, and scores the snapshots there are
+    for snapshot in (longer / "snapshots").glob("epoch-0000[1-5].pt"):
+        snapshot.unlink()
+    experiments.main(["curve", str(longer), "--num-samples", "2", "--no-progress"])
+    longer_curve = read_metrics(longer / "learning_curve.csv")
+    assert longer_curve[:4] == curve and [r["epoch"] for r in longer_curve] == [1, 2, 3, 4, 6]
+    experiments.main(["curve", str(longer), "--num-samples", "3", "--no-progress"])  # another K: no mixing
+    assert [r["epoch"] for r in read_metrics(longer / "learning_curve.csv")] == [6]
+    with pytest.raises(UsageError, match="it has trained 4 epochs"):
+        experiments.main(["paper", "--epochs", "4", "--out", str(tmp_path / "x"), "--continue-from", str(run_dir)])
+    with pytest.raises(UsageError, match="not a paper run"):
+        experiments.main(["paper", "--epochs", "6", "--out", str(tmp_path / "y"), "--continue-from", str(tmp_path)])
     # continued at another batch size: the name says so, and the config holds the new size
     smaller = tmp_path / "paper-trace-L1-7ep-equal4-b50"
     shutil.copytree(longer, smaller)

@@ -83,8 +83,10 @@ def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
         train(config, synthetic_dataset(), progress=False)
     assert (run / "checkpoint.pt").read_bytes() == before
     (run / "notes.txt").write_text("mine")
+    (run / "learning_curve.csv").write_text("epoch\n1\n")  # the old run's curve must not outlive it
     train(config, synthetic_dataset(), overwrite=True, progress=False, log=lambda _: None)
     assert (run / "notes.txt").read_text() == "mine"  # --overwrite removes only run outputs
+    assert not (run / "learning_curve.csv").exists()
     with pytest.raises(UsageError, match="contradict"):
         train(config, synthetic_dataset(), overwrite=True, resume=True, progress=False)
 
