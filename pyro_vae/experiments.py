@@ -181,8 +181,12 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} holds files but no {runs.CHECKPOINT_FILE}; move it away first")
     config_path = source / runs.CONFIG_FILE
-    source_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    if source_config.get("hidden_dims") != [200, 200] or source_config.get("latent_dim") != 50:
+    try:
+        source_config = json.loads(config_path.read_text())
+    except (OSError, ValueError):  # missing or corrupt: not a run this can continue
+        source_config = {}
+    if not isinstance(source_config, dict) or source_config.get("hidden_dims") != [200, 200] \
+            or source_config.get("latent_dim") != 50:
         raise UsageError(f"--continue-from {source}: not a paper run (784-200-200-50 with its {runs.CONFIG_FILE})")
     trained = runs.load_checkpoint(source / runs.CHECKPOINT_FILE)["epoch"]
     if trained >= epochs:

@@ -121,6 +121,9 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
         experiments.main(["paper", "--epochs", "4", "--out", str(tmp_path / "x"), "--continue-from", str(run_dir)])
     with pytest.raises(UsageError, match="not a paper run"):
         experiments.main(["paper", "--epochs", "6", "--out", str(tmp_path / "y"), "--continue-from", str(tmp_path)])
+    (tmp_path / "config.json").write_text("{ truncated")
+    with pytest.raises(UsageError, match="not a paper run"):
+        experiments.main(["paper", "--epochs", "6", "--out", str(tmp_path / "y"), "--continue-from", str(tmp_path)])
     # continued at another batch size: the name says so, and the config holds the new size
     smaller = tmp_path / "paper-trace-L1-7ep-equal4-b50"
     shutil.copytree(longer, smaller)
