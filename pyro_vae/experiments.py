@@ -30,6 +30,7 @@ from .cli import ArgumentParser, UsageError, non_negative_int, positive_int, run
 
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
 PAPER_BATCH_SIZE = 100  # a paper run at another batch size says so in its name
+PAPER_HIDDEN_DIMS, PAPER_LATENT_DIM = (200, 200), 50  # Burda et al.'s 784-200-200-50
 
 
 def latent_grid(points_per_side: int) -> torch.Tensor:
@@ -150,7 +151,7 @@ def paper(args) -> None:
     name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
     config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
-                         train_size=args.train_size, latent_dim=50, hidden_dims=(200, 200),
+                         train_size=args.train_size, latent_dim=PAPER_LATENT_DIM, hidden_dims=PAPER_HIDDEN_DIMS,
                          elbo=args.elbo, num_particles=args.num_particles,
                          vectorize_particles=args.num_particles > 1, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
@@ -185,8 +186,8 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
         source_config = json.loads(config_path.read_text())
     except (OSError, ValueError):  # missing or corrupt: not a run this can continue
         source_config = {}
-    if not isinstance(source_config, dict) or source_config.get("hidden_dims") != [200, 200] \
-            or source_config.get("latent_dim") != 50:
+    if not isinstance(source_config, dict) or source_config.get("hidden_dims") != list(PAPER_HIDDEN_DIMS) \
+            or source_config.get("latent_dim") != PAPER_LATENT_DIM:
         raise UsageError(f"--continue-from {source}: not a paper run (784-200-200-50 with its {runs.CONFIG_FILE})")
     trained = runs.load_checkpoint(source / runs.CHECKPOINT_FILE)["epoch"]
     if trained >= epochs:
@@ -208,6 +209,8 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
 
 # Burda et al. 2016, Table 1: test NLL (nats, k = 5000) of 784-200-200-50 trained 3,280 epochs
 BURDA_NLL = {("trace", 1): 86.76, ("iwae", 5): 85.54}
+
+
 def objective_label(elbo: str, num_particles: int) -> str:
     """'trace L=1', 'iwae k=5': the estimator and its particle count as the literature writes it."""
     return f"{elbo} {'k' if elbo == 'iwae' else 'L'}={num_particles}"
