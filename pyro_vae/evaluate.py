@@ -30,7 +30,9 @@ def build_parser() -> ArgumentParser:
                    help="bound on the working memory of one chunk (default 1024)")
     p.add_argument("--iwae-k", type=positive_int, default=50,
                    help="k of the IWAE_k bound reported beside log p(x) (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the importance samples (default 0; another seed writes "
+                        "eval_<split>_K<K>_seed<seed>.json beside the seed-0 score)")
     p.add_argument("--limit", type=positive_int, help="score only the first N images of the split")
     p.add_argument("--weights", default="averaged", choices=runs.WEIGHTS,
                    help="for a run trained with --ema-decay: its averaged weights (default) or the last "
@@ -81,10 +83,12 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         "processes": world.size,
         "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
     }
-    # a subset, or the last iterate of an averaged run, gets its own file: the run's score is kept
+    # a subset, another seed or the last iterate of an averaged run gets its own file: the run's
+    # score (all images, seed 0, the weights it is scored by) is never overwritten
     subset = f"_first{len(images)}" if len(images) < len(split_images) else ""
+    reseeded = f"_seed{seed}" if seed != 0 else ""
     suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
-    path = run_dir / f"eval_{split}_K{num_samples}{subset}{suffix}.json"
+    path = run_dir / f"eval_{split}_K{num_samples}{subset}{reseeded}{suffix}.json"
     if world.is_main:
         runs.write_json(path, report)
     report["path"] = str(path)

@@ -1,6 +1,7 @@
 """The trainer's weight average (--ema-decay): exact after two steps, kept across a resume, scored;
-its last iterate can still be scored on request."""
+its last iterate, or other importance samples, can still be scored on request."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_weight_average_refuses_a_decay_outside_0_1():
         make_weight_average(VAE(2, (8,)), 1.0)
 
 
-def test_evaluate_scores_the_last_iterate_of_an_averaged_run_on_request_without_touching_its_score(tmp_path):
+def test_evaluate_scores_the_last_iterate_or_another_seed_on_request_without_touching_the_score(tmp_path):
     data = synthetic_dataset(n_train=16, binarize="dynamic")
     run = tmp_path / "run"
     config = TrainConfig(run_dir=str(run), epochs=2, batch_size=16, hidden_dims=(8,), latent_dim=2,
@@ -64,5 +65,9 @@ def test_evaluate_scores_the_last_iterate_of_an_averaged_run_on_request_without_
     assert whole["path"].endswith("eval_test_K8.json") and Path(averaged["path"]).exists()  # the subset kept
     assert (averaged["settings"]["weights"], raw["settings"]["weights"]) == ("averaged", "last")
     assert averaged["per_image"]["log_px"] != raw["per_image"]["log_px"]  # different weights, same seed
+    reseeded = evaluate_run(run, seed=1, **options)
+    assert reseeded["path"].endswith("eval_test_K8_first8_seed1.json") and Path(averaged["path"]).exists()
+    assert json.loads(Path(averaged["path"]).read_text())["per_image"] == averaged["per_image"]
+    assert reseeded["per_image"]["log_px"] != averaged["per_image"]["log_px"]  # other samples
     with pytest.raises(UsageError, match="--weights"):
         runs.load_run_and_config(run, weights="best")
