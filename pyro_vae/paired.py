@@ -58,7 +58,8 @@ def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
 def format_table(table: dict[str, dict[str, float]], a: dict, b: dict) -> str:
     def label(report: dict) -> str:
         s = report["settings"]
-        return f"{s.get('run_dir', '?')} (K={s.get('num_samples')}, {s.get('weights', 'last')} weights)"
+        return (f"{s.get('run_dir', '?')} (K={s.get('num_samples')}, seed {s.get('seed', '?')}, "
+                f"{s.get('weights', 'last')} weights)")
 
     lines = [f"A: {label(a)}", f"B: {label(b)}",
              f"{a['settings']['num_images']} {a['settings']['split']} images; nats per image",

@@ -41,11 +41,11 @@ def test_evaluations_of_different_images_are_refused():
 def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_path):
     first, second, broken = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "broken.json"
     first.write_text(json.dumps(report([-80.0, -100.0], [-90.0, -110.0], run_dir="runs/a")))
-    second.write_text(json.dumps(report([-79.0, -99.5], [-90.0, -110.0], run_dir="runs/b")))
+    second.write_text(json.dumps(report([-79.0, -99.5], [-90.0, -110.0], run_dir="runs/b", seed=1)))
     broken.write_text("{not json")
     result = run_cli("pyro_vae.paired", str(first), str(second))
     assert result.returncode == 0, result.stderr
-    assert "runs/a" in result.stdout and "runs/b" in result.stdout
+    assert "runs/a" in result.stdout and "runs/b (K=10, seed 1," in result.stdout
     assert "+0.750" in result.stdout  # log p(x): differences 1.0 and 0.5
     result = run_cli("pyro_vae.paired", str(first), str(broken))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
