@@ -274,7 +274,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
                 label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
         for report_path in sorted(run_dir.glob("eval_test_K*.json")):
-            if not report_path.stem.removeprefix("eval_test_K").isdigit():  # a subset, or _last
+            if not report_path.stem.removeprefix("eval_test_K").isdigit():  # a subset, another seed or _last
                 continue
             report = json.loads(report_path.read_text())
             ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],
