@@ -23,6 +23,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from .cli import UsageError
+
 
 @dataclass(frozen=True)
 class World:
@@ -61,8 +63,12 @@ def current_world() -> World:
 
 
 def local_device(device: torch.device, world: World) -> torch.device:
-    """On CUDA each rank uses the GPU of its local rank."""
+    """On CUDA each rank uses the GPU of its local rank: one GPU per process."""
     if device.type == "cuda" and world.active:
+        gpus = torch.cuda.device_count()
+        if world.local_rank >= gpus:
+            raise UsageError(f"torchrun started more processes on this machine than its {gpus} GPU(s): "
+                             f"pass --nproc-per-node {gpus}, or --device cpu")
         torch.cuda.set_device(world.local_rank)
         return torch.device("cuda", world.local_rank)
     return device

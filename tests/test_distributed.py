@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pyro_vae.trainer import TrainConfig, train
@@ -36,7 +37,9 @@ def test_sharded_evaluation_equals_one_process(tmp_path, data_dir):
     run = tmp_path / "run"
     train(TrainConfig(run_dir=str(run), epochs=1, train_size=200, hidden_dims=(32,), latent_dim=4,
                       eval_samples=0, data_dir=str(data_dir)), progress=False, log=lambda _: None)
-    flags = ["--num-samples", "20", "--limit", "230", "--batch-size", "40", "--no-progress", "--seed", "4"]
+    # on the CPU, where one process and two give the same bits (and two ranks need no two GPUs)
+    flags = ["--num-samples", "20", "--limit", "230", "--batch-size", "40", "--no-progress", "--seed", "4",
+             "--device", "cpu"]
     # one thread, as each rank: torch's reductions may group sums differently with more threads
     single = run_cli("pyro_vae.evaluate", str(run), *flags, env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
@@ -59,7 +62,7 @@ def test_a_failing_rank_fails_the_job_without_hanging():
 def test_torchrun_train_writes_once_and_resumes(tmp_path, data_dir):
     run = tmp_path / "run"
     flags = ["-m", "pyro_vae.train", "--train-size", "400", "--batch-size", "50", "--hidden-dims", "32",
-             "--latent-dim", "4", "--eval-samples", "10", "--no-progress", "--run-dir", str(run)]
+             "--latent-dim", "4", "--eval-samples", "10", "--no-progress", "--device", "cpu", "--run-dir", str(run)]
     first = torchrun(*flags, "--epochs", "1", env={"PYRO_VAE_DATA": str(data_dir)})
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.count("epoch 1/1") == 1  # rank 0 alone logs
@@ -70,3 +73,15 @@ def test_torchrun_train_writes_once_and_resumes(tmp_path, data_dir):
     assert again.returncode == 0, again.stderr[-2000:]
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[2].startswith("2,800,")  # header, epoch 1, epoch 2: 400 images each
+
+
+def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
+    from pyro_vae import distributed
+    from pyro_vae.cli import UsageError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index}) called"))
+    second_rank = distributed.World(rank=1, size=2, local_rank=1)
+    with pytest.raises(UsageError, match="--nproc-per-node 1, or --device cpu"):
+        distributed.local_device(torch.device("cuda"), second_rank)
+    assert distributed.local_device(torch.device("cpu"), second_rank) == torch.device("cpu")

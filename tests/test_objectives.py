@@ -54,7 +54,11 @@ def test_renyi_gradient_matches_pyros_loss_and_grads(alpha):
             name = "iwae" if alpha == 0 else "renyi"
             make_elbo(name, 5, vectorize=True, alpha=alpha).differentiable_loss(vae.model, vae.guide, x).backward()
         grads.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))
-    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    # Same sums, other orders: float32 rounding scales with the largest gradient (about 16 here). A
+    # fixed atol of 1e-6 held by under 1e-6 on one CPU and failed on another; another alpha or estimator
+    # misses this bound on over 90% of the entries.
+    ours, pyros = grads
+    assert torch.allclose(ours, pyros, rtol=1e-4, atol=1e-5 * pyros.abs().max().item())
 
 
 @pytest.fixture

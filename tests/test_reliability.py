@@ -152,3 +152,30 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
         train(config, data, resume=True, progress=False, log=lambda _: None)
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     assert len(read_metrics(run / "metrics.csv")) == 1
+
+
+class _OnDevice:
+    """Stands for a tensor a checkpoint mapped onto a GPU: ``.numpy()`` refuses, as torch does."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def cpu(self) -> torch.Tensor:
+        return self.tensor
+
+    def numpy(self):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+def test_rng_state_restores_from_tensors_loaded_onto_the_run_device():
+    import random
+
+    import numpy as np
+
+    from pyro_vae.runs import rng_state, set_rng_state
+
+    saved = rng_state()
+    draws = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random())
+    name, keys, *rest = saved["numpy"]
+    set_rng_state({**saved, "torch": _OnDevice(saved["torch"]), "numpy": [name, _OnDevice(keys), *rest]})
+    assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == draws
