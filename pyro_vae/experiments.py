@@ -255,7 +255,8 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
 def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
     """The learning curves of paper runs on one plot: per run, the per-epoch test -ELBO (line),
     the IS test NLL of its snapshots (learning_curve.csv, points) and the final K = 5000
-    estimate (square); Burda et al.'s figure for each objective shown (dashed, dotted)."""
+    estimate (square; a triangle for each larger K scored); Burda et al.'s figure for each
+    objective shown (dashed, dotted)."""
     from . import runs
     from .plots import plt, run_title, save_figure
 
@@ -273,13 +274,13 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
                 color=color, label=f"{name}: test -ELBO (1 sample)")
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
                 label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
-        for report_path in sorted(run_dir.glob("eval_test_K*.json")):
-            if not report_path.stem.removeprefix("eval_test_K").isdigit():  # a subset, another seed or _last
-                continue
-            report = json.loads(report_path.read_text())
-            ax.errorbar([history[-1]["epoch"]], [-report["summary"]["log_px_mean"]],
-                        yerr=[report["summary"]["log_px_stderr"]], fmt="s", color=color, mec="black",
-                        capsize=3, label=f"{name}: final test NLL, IS K={report['settings']['num_samples']}")
+        finals = sorted((int(p.stem.removeprefix("eval_test_K")), p) for p in run_dir.glob("eval_test_K*.json")
+                        if p.stem.removeprefix("eval_test_K").isdigit())  # not a subset, another seed or _last
+        for marker, (num_samples, report_path) in zip("sv^D", finals):  # square: the smallest K
+            summary = json.loads(report_path.read_text())["summary"]
+            ax.errorbar([history[-1]["epoch"]], [-summary["log_px_mean"]], yerr=[summary["log_px_stderr"]],
+                        fmt=marker, color=color, mec="black", capsize=3,
+                        label=f"{name}: final test NLL, IS K={num_samples}")
         lows.append(min(r["test_nll"] for r in rows))
         reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
         if reference is not None:

@@ -135,7 +135,9 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     with pytest.raises(UsageError, match="must be fewer than --epochs"):
         experiments.main(["paper", "--epochs", "4", "--schedule-epochs", "4", "--out", str(tmp_path)])
 
-    # several runs on one plot; a run without a curve is refused in one line
+    # several runs on one plot, one with a final score at a second K; a run without a curve is
+    # refused in one line
+    (run_dir / "eval_test_K30.json").write_text((run_dir / "eval_test_K3.json").read_text())
     figure = tmp_path / "curves.png"
     experiments.main(["paper-figure", str(run_dir), str(run_dir), "--out", str(figure)])
     assert figure.stat().st_size > 1000
