@@ -152,8 +152,10 @@ def load_dataset(
     device: torch.device | str = "cpu",
     train_size: int | None = None,
     valid_size: int = DEFAULT_VALID_SIZE,
+    eval_binarization_seed: int = EVAL_BINARIZATION_SEED,
 ) -> Dataset:
-    """Load a data set onto ``device``; see the module docstring for splits and search order."""
+    """Load a data set onto ``device``; see the module docstring for splits and search order.
+    ``eval_binarization_seed`` picks another draw of a dynamically binarized valid and test set."""
     binarize = resolve_binarization(name, binarize)
     roots = search_roots(data_dir)
     if binarize == "static":
@@ -161,7 +163,7 @@ def load_dataset(
     else:
         train, valid, test, source = _load_torchvision(name, roots, valid_size)
         if binarize == "dynamic":
-            generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+            generator = torch.Generator().manual_seed(eval_binarization_seed)
             valid = Split(torch.bernoulli(valid.images, generator=generator), valid.labels)
             test = Split(torch.bernoulli(test.images, generator=generator), test.labels)
     if train_size is not None:

@@ -1,8 +1,9 @@
 """Score a trained run by importance sampling: ``python -m pyro_vae.evaluate RUN_DIR``.
 
 Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values; a
-``--limit N`` subset adds ``_firstN``, the last iterate of an averaged run ``_last``) and prints a
-short table. See marginal.py for what the figures mean.
+``--limit N`` subset adds ``_firstN``, another draw of a binarized test set ``_drawN``, the last
+iterate of an averaged run ``_last``) and prints a short table. See marginal.py for what the
+figures mean.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def build_parser() -> ArgumentParser:
                    help="seed of the importance samples (default 0; another seed writes "
                         "eval_<split>_K<K>_seed<seed>.json beside the seed-0 score)")
     p.add_argument("--limit", type=positive_int, help="score only the first N images of the split")
+    p.add_argument("--binarization-seed", type=int, default=0,
+                   help="for a dynamically binarized run: the draw that binarizes its test (and valid) "
+                        "images (default 0, the one every score uses; another writes "
+                        "eval_<split>_K<K>_draw<N>.json)")
     p.add_argument("--weights", default="averaged", choices=runs.WEIGHTS,
                    help="for a run trained with --ema-decay: its averaged weights (default) or the last "
                         "iterate (written to eval_<split>_K<K>_last.json)")
@@ -46,7 +51,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                  device: str = "auto", batch_size: int = 100, max_memory_mb: float = 1024.0,
                  iwae_k: int = 50, seed: int = 0, limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None,
-                 weights: str = "averaged") -> dict:
+                 weights: str = "averaged", binarization_seed: int = 0) -> dict:
     """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
     from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
     from .trainer import world_and_device
@@ -58,7 +63,12 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     run_dir = Path(run_dir)
     world, torch_device = world_and_device(device)
     if dataset is None:
-        vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights)
+        vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights, binarization_seed)
+        if binarization_seed and dataset.binarize != "dynamic":
+            raise UsageError(f"--binarization-seed draws a dynamically binarized test set; this run's data "
+                             f"is binarized {dataset.binarize!r}")
+    elif binarization_seed:
+        raise ValueError("binarization_seed needs the run's data set loaded here, not passed in")
     else:
         vae, config = runs.load_run_and_config(run_dir, torch_device, weights)
     if not config.get("ema_decay"):
@@ -77,7 +87,8 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                      "num_samples": num_samples, "iwae_k": min(iwae_k, num_samples), "seed": seed,
                      "batch_size": batch_size, "max_memory_mb": max_memory_mb,
                      "device": str(torch_device), "dataset": config["dataset"],
-                     "binarize": config["binarize"], "weights": weights},
+                     "binarize": config["binarize"], "binarization_seed": binarization_seed,
+                     "weights": weights},
         "summary": summarize(per_image, num_samples),
         "seconds": round(time.perf_counter() - started, 3),
         "processes": world.size,
@@ -87,8 +98,9 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     # score (all images, seed 0, the weights it is scored by) is never overwritten
     subset = f"_first{len(images)}" if len(images) < len(split_images) else ""
     reseeded = f"_seed{seed}" if seed != 0 else ""
+    redrawn = f"_draw{binarization_seed}" if binarization_seed else ""
     suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
-    path = run_dir / f"eval_{split}_K{num_samples}{subset}{reseeded}{suffix}.json"
+    path = run_dir / f"eval_{split}_K{num_samples}{subset}{redrawn}{reseeded}{suffix}.json"
     if world.is_main:
         runs.write_json(path, report)
     report["path"] = str(path)
@@ -98,8 +110,9 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
 def format_summary(report: dict) -> str:
     s, cfg = report["summary"], report["settings"]
     k = cfg["num_samples"]
+    draw = f" (binarization draw {cfg['binarization_seed']})" if cfg.get("binarization_seed") else ""
     lines = [
-        f"{cfg['split']} set, {cfg['num_images']} images, K = {k} samples per image "
+        f"{cfg['split']} set{draw}, {cfg['num_images']} images, K = {k} samples per image "
         f"({report['seconds']:.1f} s)",
         f"  log p(x)  (IS, K={k:<5})  {s['log_px_mean']:10.3f} +- {s['log_px_stderr']:.3f} nats",
         f"  IWAE bound (k={cfg['iwae_k']:<5})    {s['iwae_mean']:10.3f} +- {s['iwae_stderr']:.3f}",
@@ -122,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"{args.run_dir} is not a directory")
     report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
                           args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
-                          progress=not args.no_progress, weights=args.weights)
+                          progress=not args.no_progress, weights=args.weights,
+                          binarization_seed=args.binarization_seed)
     if distributed.current_world().is_main:
         print(format_summary(report))
         print(f"wrote {report['path']}")

@@ -8,7 +8,10 @@ and std(d) / sqrt(n) its standard error, usually tens of times smaller. Positive
 higher (higher log p(x), a tighter bound: better).
 
 A and B are ``eval_<split>_K<K>*.json`` files written by ``pyro_vae.evaluate``; they must score
-the same images (data set, binarization, split and count), in any K, seed or weights.
+the same images (data set, binarization, split and count), in any K, seed or weights. Two draws of
+a dynamically binarized test set (``--binarization-seed``) count as the same images binarized
+again: then the mean difference is what the draw moves, and the paired s.e. / sqrt(2) the spread
+of one draw's score.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
 def format_table(table: dict[str, dict[str, float]], a: dict, b: dict) -> str:
     def label(report: dict) -> str:
         s = report["settings"]
+        draw = f", binarization draw {s['binarization_seed']}" if s.get("binarization_seed") else ""
         return (f"{s.get('run_dir', '?')} (K={s.get('num_samples')}, seed {s.get('seed', '?')}, "
-                f"{s.get('weights', 'last')} weights)")
+                f"{s.get('weights', 'last')} weights{draw})")
 
     lines = [f"A: {label(a)}", f"B: {label(b)}",
              f"{a['settings']['num_images']} {a['settings']['split']} images; nats per image",

@@ -71,3 +71,32 @@ def test_evaluate_scores_the_last_iterate_or_another_seed_on_request_without_tou
     assert reseeded["per_image"]["log_px"] != averaged["per_image"]["log_px"]  # other samples
     with pytest.raises(UsageError, match="--weights"):
         runs.load_run_and_config(run, weights="best")
+
+
+def test_another_binarization_draw_of_the_test_set_is_scored_apart(tmp_path, data_dir):
+    from pyro_vae.data import load_dataset
+    from pyro_vae.paired import paired_differences
+
+    fixed = load_dataset("mnist", "dynamic", data_dir=data_dir, train_size=10)
+    again = load_dataset("mnist", "dynamic", data_dir=data_dir, train_size=10, eval_binarization_seed=1)
+    assert not torch.equal(fixed.test.images, again.test.images)
+    assert set(again.test.images.unique().tolist()) == {0.0, 1.0}
+    assert abs(fixed.test.images.mean() - again.test.images.mean()) < 1e-3  # the same grey levels behind
+
+    def tiny_run(name: str, binarize: str) -> Path:
+        run = tmp_path / name
+        train(TrainConfig(run_dir=str(run), epochs=1, train_size=200, valid_size=0, hidden_dims=(16,),
+                          latent_dim=2, binarize=binarize, eval_samples=0, data_dir=str(data_dir),
+                          device="cpu"), progress=False, log=lambda _: None)
+        return run
+
+    run = tiny_run("dynamic", "dynamic")
+    options = dict(num_samples=4, limit=50, data_dir=str(data_dir), device="cpu", progress=False)
+    default = evaluate_run(run, **options)
+    redrawn = evaluate_run(run, binarization_seed=1, **options)
+    assert redrawn["path"].endswith("eval_test_K4_first50_draw1.json") and Path(default["path"]).exists()
+    assert (default["settings"]["binarization_seed"], redrawn["settings"]["binarization_seed"]) == (0, 1)
+    assert redrawn["per_image"]["log_px"] != default["per_image"]["log_px"]
+    assert set(paired_differences(default, redrawn)) == {"log_px", "iwae", "elbo"}  # the same images, redrawn
+    with pytest.raises(UsageError, match="--binarization-seed"):
+        evaluate_run(tiny_run("grey", "none"), binarization_seed=1, **options)
