@@ -157,6 +157,9 @@ def load_dataset(
     """Load a data set onto ``device``; see the module docstring for splits and search order.
     ``eval_binarization_seed`` picks another draw of a dynamically binarized valid and test set."""
     binarize = resolve_binarization(name, binarize)
+    if eval_binarization_seed != EVAL_BINARIZATION_SEED and binarize != "dynamic":
+        raise UsageError(f"--binarization-seed draws a dynamically binarized test set; this run's data "
+                         f"is binarized {binarize!r}")
     roots = search_roots(data_dir)
     if binarize == "static":
         train, valid, test, source = _load_binarized_mnist(roots)
