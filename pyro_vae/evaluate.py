@@ -14,7 +14,6 @@ from typing import Sequence
 
 from . import distributed, runs
 from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
-from .data import EVAL_BINARIZATION_SEED
 
 SPLITS = ("test", "valid")
 
@@ -36,7 +35,7 @@ def build_parser() -> ArgumentParser:
                    help="seed of the importance samples (default 0; another seed writes "
                         "eval_<split>_K<K>_seed<seed>.json beside the seed-0 score)")
     p.add_argument("--limit", type=positive_int, help="score only the first N images of the split")
-    p.add_argument("--binarization-seed", type=int, default=EVAL_BINARIZATION_SEED,
+    p.add_argument("--binarization-seed", type=int, default=0,
                    help="for a dynamically binarized run: the draw that binarizes its test (and valid) "
                         "images (default 0, the one every score uses; another writes "
                         "eval_<split>_K<K>_draw<N>.json)")
@@ -52,7 +51,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                  device: str = "auto", batch_size: int = 100, max_memory_mb: float = 1024.0,
                  iwae_k: int = 50, seed: int = 0, limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None,
-                 weights: str = "averaged", binarization_seed: int = EVAL_BINARIZATION_SEED) -> dict:
+                 weights: str = "averaged", binarization_seed: int = 0) -> dict:
     """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
     from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
     from .trainer import world_and_device
@@ -65,7 +64,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     world, torch_device = world_and_device(device)
     if dataset is None:
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights, binarization_seed)
-    elif binarization_seed != EVAL_BINARIZATION_SEED:
+    elif binarization_seed:
         raise ValueError("binarization_seed needs the run's data set loaded here, not passed in")
     else:
         vae, config = runs.load_run_and_config(run_dir, torch_device, weights)
@@ -96,7 +95,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     # score (all images, seed 0, the weights it is scored by) is never overwritten
     subset = f"_first{len(images)}" if len(images) < len(split_images) else ""
     reseeded = f"_seed{seed}" if seed != 0 else ""
-    redrawn = f"_draw{binarization_seed}" if binarization_seed != EVAL_BINARIZATION_SEED else ""
+    redrawn = f"_draw{binarization_seed}" if binarization_seed else ""
     suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
     path = run_dir / f"eval_{split}_K{num_samples}{subset}{redrawn}{reseeded}{suffix}.json"
     if world.is_main:
@@ -108,8 +107,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
 def format_summary(report: dict) -> str:
     s, cfg = report["summary"], report["settings"]
     k = cfg["num_samples"]
-    draw = (f" (binarization draw {cfg['binarization_seed']})"
-            if cfg.get("binarization_seed", EVAL_BINARIZATION_SEED) != EVAL_BINARIZATION_SEED else "")
+    draw = f" (binarization draw {cfg['binarization_seed']})" if cfg.get("binarization_seed") else ""
     lines = [
         f"{cfg['split']} set{draw}, {cfg['num_images']} images, K = {k} samples per image "
         f"({report['seconds']:.1f} s)",

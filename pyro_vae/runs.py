@@ -202,14 +202,10 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
 
 
 def load_run_and_data(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
-                      data_dir: str | None = None, weights: str = "averaged",
-                      eval_binarization_seed: int | None = None):
+                      data_dir: str | None = None, weights: str = "averaged", eval_binarization_seed: int = 0):
     """(vae, config, dataset): a trained run with its data set, split as it was for training (its
-    valid and test images binarized by another draw if ``eval_binarization_seed`` is given)."""
-    from .data import EVAL_BINARIZATION_SEED, load_dataset
-
-    if eval_binarization_seed is None:
-        eval_binarization_seed = EVAL_BINARIZATION_SEED
+    valid and test images binarized by another draw if ``eval_binarization_seed`` is not 0)."""
+    from .data import load_dataset
 
     vae, config = load_run_and_config(run_dir, device, weights)
     dataset = load_dataset(config["dataset"], config["binarize"], data_dir or config["data_dir"],
