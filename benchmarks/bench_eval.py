@@ -40,7 +40,7 @@ def run_estimator(vae, images, samples, max_memory_mb):
 
 
 def roofline_seconds(device, num_images, samples, max_memory_mb, bytes_per_row, repeats=3):
-    plan = plan_chunks(samples, num_images, bytes_per_row, max_memory_mb, 100, 50)
+    plan = plan_chunks(samples, num_images, bytes_per_row, max_memory_mb, 100)
     b, k = plan.images_per_chunk, plan.samples_per_chunk
     rows = b * k
     w = {name: torch.randn(shape, device=device) * 0.01 for name, shape in

@@ -1,7 +1,8 @@
 """What every command-line entry point shares: one-line errors, exit codes, flag checks.
 
-Bad input (a flag, a data set, a checkpoint) ends a command with ONE line on stderr and exit
-status 2, before anything is written; a failure during the work (a NaN loss) exits 1; Ctrl-C
+Bad input (a flag, a data set, a checkpoint, an output folder that cannot be written, a run
+directory another process is writing) ends a command with ONE line on stderr and exit status 2,
+before anything is written; a failure during the work (a NaN loss, a full disk) exits 1; Ctrl-C
 exits 130 after saving what can be saved.
 """
 
@@ -80,3 +81,8 @@ def run_main(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] |
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as error:  # a disk that filled up, a folder made read-only during the work
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}; files written before it are intact",
+              file=sys.stderr)
+        sys.exit(EXIT_FAILED)

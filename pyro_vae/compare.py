@@ -10,12 +10,14 @@ Both write comparison.md, comparison.json and PNGs into ``--out``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from pathlib import Path
 from typing import Sequence
 
 from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
+from .data import BINARIZATIONS, DATASETS
 
 DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
 
@@ -120,21 +122,27 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
 
 
 def run_fixed_model(args) -> None:
-    import torch
-
     from . import runs
     from .trainer import resolve_device
 
     device = resolve_device(args.device)
     run_dir = Path(args.run_dir)
+    out = Path(args.out or run_dir / "comparison")
+    with runs.claim_run_dir(out):  # checked before any work, and one writer
+        _run_fixed_model(args, run_dir, out, device)
+
+
+def _run_fixed_model(args, run_dir: Path, out: Path, device) -> None:
+    import torch
+
+    from . import runs
+
     vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
     images = data.test.images[:args.num_images]
     if args.grad_batch > len(data.test):
         raise UsageError(f"--grad-batch {args.grad_batch} is larger than the test set")
     batch = data.test.images[:args.grad_batch]
     rows = score_fixed_model(vae, images, batch, args.specs, args.repeats, args.seed, not args.no_progress)
-    out = Path(args.out or run_dir / "comparison")
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"mode": "fixed-model", "run_dir": str(run_dir), "num_images": len(images),
                 "grad_batch": len(batch), "repeats": args.repeats, "seed": args.seed,
                 "device": str(device), "torch_threads": torch.get_num_threads()}
@@ -152,13 +160,21 @@ def run_fixed_model(args) -> None:
 
 def run_training(args) -> None:
     from . import runs
-    from .data import load_dataset
-    from .plots import plt, save_figure
-    from .train import train_and_report
-    from .trainer import TrainConfig, resolve_device
+    from .trainer import resolve_device
 
     device = resolve_device(args.device)
     out = Path(args.out or Path("runs") / f"compare-train-{time.strftime('%Y%m%d-%H%M%S')}")
+    with runs.claim_run_dir(out):  # checked before any work, and one writer
+        _run_training(args, out, device)
+
+
+def _run_training(args, out: Path, device) -> None:
+    from . import runs
+    from .data import load_dataset
+    from .plots import plt, save_figure
+    from .train import train_and_report
+    from .trainer import TrainConfig
+
     base = dict(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
                 train_size=args.train_size, latent_dim=args.latent_dim, hidden_dims=args.hidden_dims,
                 seed=args.seed, device=args.device, eval_samples=args.eval_samples)
@@ -196,7 +212,7 @@ def run_training(args) -> None:
     for ax, (budget, _) in zip(axes[0], budgets):
         for r in (r for r in results if r["budget"] == budget):
             xs = ([row["images_seen"] for row in r["history"]] if budget == "epochs"
-                  else _cumulative([row["epoch_seconds"] for row in r["history"]]))
+                  else list(itertools.accumulate(row["epoch_seconds"] for row in r["history"])))
             ax.plot(xs, [row["test_elbo"] for row in r["history"]], marker="o", markersize=3, label=r["label"])
         ax.set_xlabel("training images seen" if budget == "epochs" else "training seconds")
         ax.set_ylabel("test ELBO (nats/image)")
@@ -209,14 +225,6 @@ def run_training(args) -> None:
                                        "![learning curves](learning_curves.png)\n")
     print(table)
     print(f"wrote {out}/comparison.md")
-
-
-def _cumulative(values):
-    total, out = 0.0, []
-    for v in values:
-        total += v
-        out.append(total)
-    return out
 
 
 def build_parser() -> ArgumentParser:
@@ -233,8 +241,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=100, help="training mode: K for IS log p(x) (100)")
     p.add_argument("--latent-dim", type=positive_int, default=20)
     p.add_argument("--hidden-dims", type=positive_int, nargs="+", default=[500])
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--binarize", help="default: the dataset's (see train --help)")
+    p.add_argument("--dataset", default="mnist", choices=DATASETS)
+    p.add_argument("--binarize", choices=BINARIZATIONS, help="default: the dataset's (see train --help)")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

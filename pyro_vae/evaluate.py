@@ -1,21 +1,27 @@
 """Score a trained run by importance sampling: ``python -m pyro_vae.evaluate RUN_DIR``.
 
-Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values; a
-``--limit N`` subset adds ``_firstN``, another draw of a binarized test set ``_drawN``, the last
-iterate of an averaged run ``_last``) and prints a short table. See marginal.py for what the
-figures mean.
+Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values) and
+prints a short table. Every setting that changes the numbers is in the file's name when it is
+not the default, so one score never overwrites another: ``_firstN`` (a ``--limit`` subset),
+``_drawN`` (another draw of a binarized test set), ``_seedN``, ``_iwaeN``, ``_bN`` and
+``_memN`` (``--batch-size`` and ``--max-memory-mb`` set how samples are drawn in chunks),
+``_cuda`` (CUDA's random numbers) and ``_last`` (the last iterate of an averaged run).
+``--out FILE`` writes the report elsewhere, e.g. for a run directory that cannot be written.
+See marginal.py for what the figures mean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Sequence
 
 from . import distributed, runs
-from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
+from .cli import ArgumentParser, TrainingFailed, UsageError, positive_float, positive_int, run_main
 
 SPLITS = ("test", "valid")
+DEFAULT_IWAE_K, DEFAULT_BATCH_SIZE, DEFAULT_MAX_MEMORY_MB = 50, 100, 1024.0
 
 
 def build_parser() -> ArgumentParser:
@@ -25,11 +31,11 @@ def build_parser() -> ArgumentParser:
                    help="K, importance samples per image (default 5000, as Burda et al.)")
     p.add_argument("--split", default="test", help="test or valid (default test)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--batch-size", type=positive_int, default=100,
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images per chunk, at most (default 100; fewer if memory needs it)")
-    p.add_argument("--max-memory-mb", type=positive_float, default=1024.0,
+    p.add_argument("--max-memory-mb", type=positive_float, default=DEFAULT_MAX_MEMORY_MB,
                    help="bound on the working memory of one chunk (default 1024)")
-    p.add_argument("--iwae-k", type=positive_int, default=50,
+    p.add_argument("--iwae-k", type=positive_int, default=DEFAULT_IWAE_K,
                    help="k of the IWAE_k bound reported beside log p(x) (default 50)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the importance samples (default 0; another seed writes "
@@ -43,17 +49,21 @@ def build_parser() -> ArgumentParser:
                    help="for a run trained with --ema-decay: its averaged weights (default) or the last "
                         "iterate (written to eval_<split>_K<K>_last.json)")
     p.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
+    p.add_argument("--out", help="write the JSON report to this file instead of into RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "test",
-                 device: str = "auto", batch_size: int = 100, max_memory_mb: float = 1024.0,
-                 iwae_k: int = 50, seed: int = 0, limit: int | None = None,
+                 device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, iwae_k: int = DEFAULT_IWAE_K, seed: int = 0, limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None,
-                 weights: str = "averaged", binarization_seed: int = 0) -> dict:
-    """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report."""
-    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+                 weights: str = "averaged", binarization_seed: int = 0, out: str | None = None) -> dict:
+    """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report.
+
+    The report's destination (the run directory, held as its one writer, or ``out``) is checked
+    before any work; if it cannot be written at the end all the same, the report goes to the
+    system's temporary folder and ``report["path"]`` says where."""
     from .trainer import world_and_device
 
     if split not in SPLITS:
@@ -62,6 +72,19 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         raise UsageError(f"--num-samples must be a positive integer, got {num_samples}")
     run_dir = Path(run_dir)
     world, torch_device = world_and_device(device)
+    if out is not None and world.is_main:
+        runs.check_writable_file(out)
+    holding = world.is_main and out is None
+    with runs.claim_run_dir(run_dir) if holding else contextlib.nullcontext():
+        return _evaluate_run(run_dir, num_samples, split, world, torch_device, batch_size, max_memory_mb,
+                             iwae_k, seed, limit, data_dir, progress, dataset, weights, binarization_seed, out)
+
+
+def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_device, batch_size: int,
+                  max_memory_mb: float, iwae_k: int, seed: int, limit: int | None, data_dir: str | None,
+                  progress: bool, dataset, weights: str, binarization_seed: int, out: str | None) -> dict:
+    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+
     if dataset is None:
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights, binarization_seed)
     elif binarization_seed:
@@ -91,22 +114,47 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         "processes": world.size,
         "per_image": {k: [round(v, 6) for v in t.tolist()] for k, t in per_image.items()},
     }
-    # a subset, another seed or the last iterate of an averaged run gets its own file: the run's
-    # score (all images, seed 0, the weights it is scored by) is never overwritten
-    subset = f"_first{len(images)}" if len(images) < len(split_images) else ""
-    reseeded = f"_seed{seed}" if seed != 0 else ""
-    redrawn = f"_draw{binarization_seed}" if binarization_seed else ""
-    suffix = "_last" if weights == "last" and config.get("ema_decay") else ""
-    path = run_dir / f"eval_{split}_K{num_samples}{subset}{redrawn}{reseeded}{suffix}.json"
+    name = report_name(split, num_samples, len(images) < len(split_images) and len(images),
+                       binarization_seed, seed, min(iwae_k, num_samples), batch_size, max_memory_mb,
+                       torch_device.type, weights == "last" and bool(config.get("ema_decay")))
+    path = Path(out) if out is not None else run_dir / name
     if world.is_main:
-        runs.write_json(path, report)
+        written = runs.write_json_or_fallback(path, report)
+        if written != path:
+            report["unwritten_path"] = str(path)
+        path = written
     report["path"] = str(path)
     return report
+
+
+
+def report_name(split: str, num_samples: int, subset: int | bool, binarization_seed: int, seed: int,
+                iwae_k: int, batch_size: int, max_memory_mb: float, device_type: str, last: bool) -> str:
+    """eval_<split>_K<K>[...].json: each setting that changes the numbers, when not the default,
+    adds a part, so that the run's own score (all images, seed 0, default chunks, the CPU, the
+    weights it is scored by) is never overwritten by another."""
+    parts = [f"eval_{split}_K{num_samples}"]
+    parts += [f"first{subset}"] if subset else []
+    parts += [f"draw{binarization_seed}"] if binarization_seed else []
+    parts += [f"seed{seed}"] if seed != 0 else []
+    parts += [f"iwae{iwae_k}"] if iwae_k != min(DEFAULT_IWAE_K, num_samples) else []
+    parts += [f"b{batch_size}"] if batch_size != DEFAULT_BATCH_SIZE else []
+    parts += [f"mem{max_memory_mb:g}"] if max_memory_mb != DEFAULT_MAX_MEMORY_MB else []
+    parts += [device_type] if device_type != "cpu" else []
+    parts += ["last"] if last else []
+    return "_".join(parts) + ".json"
+
+
+def score_path(run_dir: str | Path, num_samples: int, device_type: str = "cpu") -> Path:
+    """Where a run's test score at K samples and otherwise default settings is written."""
+    return Path(run_dir) / report_name("test", num_samples, False, 0, 0, min(DEFAULT_IWAE_K, num_samples),
+                                       DEFAULT_BATCH_SIZE, DEFAULT_MAX_MEMORY_MB, device_type, False)
 
 
 def format_summary(report: dict) -> str:
     s, cfg = report["summary"], report["settings"]
     k = cfg["num_samples"]
+    threshold = s.get("ess_low_threshold", 0.01 * k)  # reports written before it was stored
     draw = f" (binarization draw {cfg['binarization_seed']})" if cfg.get("binarization_seed") else ""
     lines = [
         f"{cfg['split']} set{draw}, {cfg['num_images']} images, K = {k} samples per image "
@@ -114,7 +162,8 @@ def format_summary(report: dict) -> str:
         f"  log p(x)  (IS, K={k:<5})  {s['log_px_mean']:10.3f} +- {s['log_px_stderr']:.3f} nats",
         f"  IWAE bound (k={cfg['iwae_k']:<5})    {s['iwae_mean']:10.3f} +- {s['iwae_stderr']:.3f}",
         f"  ELBO                     {s['elbo_mean']:10.3f} +- {s['elbo_stderr']:.3f}",
-        f"  ESS median {s['ess_median']:.1f} of {k}; images with ESS < 1% of K: "
+        f"  ESS median {s['ess_median']:.1f} of {k}; images with ESS < {threshold:g} "
+        f"({'1% of K' if threshold > 5 else 'the floor of 5, as 1% of K is under 5'}): "
         f"{100 * s['ess_low_fraction']:.1f}%",
     ]
     if cfg["binarize"] == "none":
@@ -133,9 +182,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
                           args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
                           progress=not args.no_progress, weights=args.weights,
-                          binarization_seed=args.binarization_seed)
+                          binarization_seed=args.binarization_seed, out=args.out)
     if distributed.current_world().is_main:
         print(format_summary(report))
+        if "unwritten_path" in report:
+            raise TrainingFailed(f"could not write {report['unwritten_path']}; the report was "
+                                 f"written to {report['path']}")
         print(f"wrote {report['path']}")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,7 @@ from typing import Sequence
 import torch
 
 from .cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_main
+from .data import BINARIZATIONS, DATASETS
 
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
 PAPER_BATCH_SIZE = 100  # a paper run at another batch size says so in its name
@@ -42,47 +44,65 @@ def latent_grid(points_per_side: int) -> torch.Tensor:
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).float()
 
 
-def _run_is_finished(run_dir: Path, epochs: int, eval_samples: int) -> bool:
+def _existing_run(run_dir: Path, config, may_change) -> dict | None:
+    """The checkpoint of the run a recipe finds in ``run_dir`` (None if there is none yet), after
+    refusing it if it was made with other settings than ``config`` asks for."""
     from . import runs
+    from .trainer import refuse_changed_settings
 
     path = run_dir / runs.CHECKPOINT_FILE
     if not path.exists():
-        return False
-    done = runs.load_checkpoint(path)["epoch"] >= epochs
-    return done and (eval_samples == 0 or (run_dir / f"eval_test_K{eval_samples}.json").exists())
+        return None
+    state = runs.load_checkpoint(path)
+    refuse_changed_settings(run_dir, state["config"], config.to_dict(), may_change)
+    if state["epoch"] > config.epochs:
+        raise UsageError(f"{run_dir} has trained {state['epoch']} epochs, more than --epochs {config.epochs}; "
+                         "ask for at least that many, or use another --out")
+    return state
+
+
+def _score_path(run_dir: Path, eval_samples: int, device: str) -> Path:
+    """Where train_and_report writes a run's test score at the default settings."""
+    from .evaluate import score_path
+    from .trainer import resolve_device
+
+    return score_path(run_dir, eval_samples, resolve_device(device).type)
 
 
 def latent_sweep(args) -> None:
     from . import runs
     from .data import load_dataset
     from .train import train_and_report
-    from .trainer import TrainConfig, resolve_device
+    from .trainer import RESUMABLE_SETTINGS, TrainConfig, resolve_device
 
     out = Path(args.out)
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
-    results = []
-    for latent_dim in args.latent_dims:
-        run_dir = out / f"J{latent_dim}"
-        if _run_is_finished(run_dir, args.epochs, args.eval_samples):
-            print(f"J={latent_dim}: finished run in {run_dir}, skipped")
-        else:
-            resume = (run_dir / runs.CHECKPOINT_FILE).exists()
-            print(f"J={latent_dim}: {'resuming' if resume else 'training'} in {run_dir}")
-            config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
-                                 train_size=args.train_size, latent_dim=latent_dim,
-                                 hidden_dims=args.hidden_dims, epochs=args.epochs,
-                                 optimizer=args.optimizer, lr=args.lr, seed=args.seed,
-                                 device=args.device, eval_samples=args.eval_samples, run_dir=str(run_dir))
-            train_and_report(config, resume=resume, progress=not args.no_progress, dataset=data)
-        history = runs.read_metrics(run_dir / runs.METRICS_FILE)[: args.epochs]
-        evaluation = run_dir / f"eval_test_K{args.eval_samples}.json"
-        summary = json.loads(evaluation.read_text())["summary"] if args.eval_samples else {}
-        results.append({"latent_dim": latent_dim, "epochs": len(history),
-                        "train_elbo": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
-                        "log_px": summary.get("log_px_mean", math.nan),
-                        "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
-    _write_sweep(results, out, args)
+    with runs.claim_run_dir(out):  # the sweep's table and figures; each J's run is claimed in turn
+        configs = [TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+                               train_size=args.train_size, latent_dim=latent_dim,
+                               hidden_dims=args.hidden_dims, epochs=args.epochs, optimizer=args.optimizer,
+                               lr=args.lr, seed=args.seed, device=args.device,
+                               eval_samples=args.eval_samples, run_dir=str(out / f"J{latent_dim}"))
+                   for latent_dim in args.latent_dims]
+        # every earlier run is checked against the settings asked for before any work
+        found = [_existing_run(Path(c.run_dir), c, RESUMABLE_SETTINGS) for c in configs]
+        data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
+        results = []
+        for config, state in zip(configs, found):
+            run_dir, latent_dim = Path(config.run_dir), config.latent_dim
+            score = _score_path(run_dir, args.eval_samples, args.device)
+            if state is not None and state["epoch"] == args.epochs and (not args.eval_samples or score.exists()):
+                print(f"J={latent_dim}: finished run in {run_dir}, skipped")
+            else:
+                print(f"J={latent_dim}: {'resuming' if state else 'training'} in {run_dir}")
+                train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
+            history = runs.read_metrics(run_dir / runs.METRICS_FILE)
+            summary = json.loads(score.read_text())["summary"] if args.eval_samples else {}
+            results.append({"latent_dim": latent_dim, "epochs": len(history),
+                            "train_elbo": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
+                            "log_px": summary.get("log_px_mean", math.nan),
+                            "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
+        _write_sweep(results, out, args)
 
 
 def _write_sweep(results: list[dict], out: Path, args) -> None:
@@ -139,7 +159,7 @@ def paper(args) -> None:
     epochs for the learning curve. Resumes an unfinished run."""
     from . import runs
     from .train import train_and_report
-    from .trainer import BURDA_EPOCHS, TrainConfig
+    from .trainer import BURDA_EPOCHS, RESUMABLE_SETTINGS, TrainConfig
 
     name = f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
     if args.schedule_epochs and args.schedule_epochs >= args.epochs:
@@ -159,27 +179,35 @@ def paper(args) -> None:
                          optimizer="adam", device=args.device, seed=args.seed,
                          eval_samples=args.eval_samples, run_dir=str(run_dir),
                          snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
+    # what the name does not fix (seed, base rate, training images) must match a run resumed here;
+    # a continuation (a new name) may also change the schedule, the batch size and the average
+    may_change = RESUMABLE_SETTINGS | {"snapshot_epochs"}
     if args.continue_from:
-        copy_run_to_continue(Path(args.continue_from), run_dir, args.epochs)
-    resume = (run_dir / runs.CHECKPOINT_FILE).exists()
-    print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
-          f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
-    train_and_report(config, resume=resume, progress=not args.no_progress)
-    if args.curve_samples:
-        learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
+        may_change |= {"schedule_epochs", "lr_schedule", "batch_size", "ema_decay"}
+    with runs.claim_run_dir(run_dir):
+        if args.continue_from:
+            copy_run_to_continue(Path(args.continue_from), run_dir, args.epochs)
+        resume = (run_dir / runs.CHECKPOINT_FILE).exists()
+        print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
+              f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
+        train_and_report(config, resume=resume, progress=not args.no_progress, may_change=may_change)
+        if args.curve_samples:
+            learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
 
 
 def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
     """Start ``run_dir`` as a copy of the paper run ``source`` (its checkpoint, with Adam's state,
     the RNG states and any weight average; config, metrics, learning curve and snapshots), so that
     resuming it trains on from there. A run_dir that already holds a run is left as it is (an
-    interrupted continuation resumes). The copy is made beside run_dir and renamed into place."""
+    interrupted continuation resumes). The caller holds run_dir; the copy is staged inside it."""
     from . import runs
 
     if (run_dir / runs.CHECKPOINT_FILE).exists():
         print(f"{run_dir} already holds a run: resuming it, not copying {source}")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    names = (runs.CONFIG_FILE, runs.METRICS_FILE, runs.CURVE_FILE, runs.SNAPSHOT_DIR, runs.CHECKPOINT_FILE)
+    leftovers = set(names) | {runs.LOCK_FILE, ".copying"}  # a copy cut short is redone
+    if run_dir.exists() and any(p.name not in leftovers for p in run_dir.iterdir()):
         raise UsageError(f"{run_dir} holds files but no {runs.CHECKPOINT_FILE}; move it away first")
     config_path = source / runs.CONFIG_FILE
     try:
@@ -193,17 +221,21 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
     if trained >= epochs:
         raise UsageError(f"--continue-from {source}: it has trained {trained} epochs; "
                          f"ask for more with --epochs (not {epochs})")
-    staging = run_dir.with_name(f".{run_dir.name}.copying")
+    # copied into a staging folder inside the (held) run directory, then moved into place file by
+    # file with the checkpoint last: a copy cut short leaves no checkpoint, so it is redone
+    staging = run_dir / ".copying"
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted copy
     staging.mkdir(parents=True)
-    for name in (runs.CONFIG_FILE, runs.METRICS_FILE, runs.CURVE_FILE, runs.CHECKPOINT_FILE, runs.SNAPSHOT_DIR):
+    for name in names:
         if (source / name).is_dir():
             shutil.copytree(source / name, staging / name)
         elif (source / name).is_file():
             shutil.copy2(source / name, staging / name)
-    if run_dir.exists():
-        run_dir.rmdir()  # empty, checked above
-    staging.rename(run_dir)
+    for name in names:
+        if (staging / name).exists():
+            shutil.rmtree(run_dir / name, ignore_errors=True)  # a snapshot folder of a cut-short copy
+            os.replace(staging / name, run_dir / name)
+    staging.rmdir()
     print(f"copied {source} (epoch {trained}) to {run_dir}")
 
 
@@ -222,13 +254,21 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
     learning_curve.csv and, with the per-epoch test ELBO, learning_curve.png. Rows of that file
     at the same K whose snapshot is gone (those of a run this one continued) are kept."""
     from . import runs
-    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
     from .trainer import resolve_device
 
     torch_device = resolve_device(device)
     snapshots = sorted((run_dir / runs.SNAPSHOT_DIR).glob("epoch-*.pt"))
     if not snapshots:
         raise UsageError(f"{run_dir} kept no weight snapshots ({runs.SNAPSHOT_DIR}/epoch-*.pt)")
+    with runs.claim_run_dir(run_dir):
+        return _learning_curve(run_dir, snapshots, num_samples, torch_device, data_dir, progress)
+
+
+def _learning_curve(run_dir: Path, snapshots: list[Path], num_samples: int, torch_device: torch.device,
+                    data_dir: str | None, progress: bool) -> list[dict]:
+    from . import runs
+    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+
     vae, _, data = runs.load_run_and_data(run_dir, torch_device, data_dir)
     bytes_per_row = vae_bytes_per_row(vae)  # the architecture's, the same for every snapshot
     curve_path = run_dir / runs.CURVE_FILE
@@ -274,8 +314,9 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
                 color=color, label=f"{name}: test -ELBO (1 sample)")
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
                 label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
-        finals = sorted((int(p.stem.removeprefix("eval_test_K")), p) for p in run_dir.glob("eval_test_K*.json")
-                        if p.stem.removeprefix("eval_test_K").isdigit())  # not a subset, another seed or _last
+        finals = sorted((int(p.stem.removeprefix("eval_test_K").removesuffix("_cuda")), p)
+                        for p in run_dir.glob("eval_test_K*.json")  # not a subset, another seed or _last
+                        if p.stem.removeprefix("eval_test_K").removesuffix("_cuda").isdigit())
         for marker, (num_samples, report_path) in zip("sv^D", finals):  # square: the smallest K
             summary = json.loads(report_path.read_text())["summary"]
             ax.errorbar([history[-1]["epoch"]], [-summary["log_px_mean"]], yerr=[summary["log_px_stderr"]],
@@ -316,6 +357,10 @@ def paper_snapshot_epochs(epochs: int, schedule: str = "burda", schedule_epochs:
     return sorted(e for e in stage_ends | decades | {epochs} if 1 <= e <= epochs)
 
 
+MANIFOLD_TRAINING_FLAGS = {"epochs": 10, "dataset": "mnist", "binarize": None, "train_size": None,
+                           "hidden_dims": [500], "seed": 0, "out": "runs"}
+
+
 def manifold(args) -> None:
     from . import runs
     from .data import load_dataset
@@ -324,23 +369,38 @@ def manifold(args) -> None:
 
     device = resolve_device(args.device)
     if args.run_dir:
+        given = [name for name in MANIFOLD_TRAINING_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} sets up the run manifold trains; "
+                             "with --run-dir that run's own settings are used")
         run_dir = Path(args.run_dir)
-        vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
-    else:
-        run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
+        with runs.claim_run_dir(run_dir):
+            vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
+            _draw_manifold_of(vae, data, run_dir, args.grid_size)
+        return
+    for name, default in MANIFOLD_TRAINING_FLAGS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
+    config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+                         train_size=args.train_size, latent_dim=2, hidden_dims=args.hidden_dims,
+                         epochs=args.epochs, seed=args.seed, device=args.device,
+                         eval_samples=0, run_dir=str(run_dir))
+    with runs.claim_run_dir(run_dir):
+        # a run made here before is reused only with the very same settings (epochs included)
+        state = _existing_run(run_dir, config, {"device", "data_dir", "run_dir"})
         data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
-        if not _run_is_finished(run_dir, args.epochs, 0):
-            config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
-                                 train_size=args.train_size, latent_dim=2, hidden_dims=args.hidden_dims,
-                                 epochs=args.epochs, seed=args.seed, device=args.device,
-                                 eval_samples=0, run_dir=str(run_dir))
-            train_and_report(config, resume=(run_dir / runs.CHECKPOINT_FILE).exists(),
-                             progress=not args.no_progress, dataset=data)
-        vae = runs.load_run(run_dir, device)
+        if state is not None and state["epoch"] == args.epochs:
+            print(f"{run_dir} holds this model, trained before with the same settings: redrawing its figures")
+        else:
+            train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
+        _draw_manifold_of(runs.load_run(run_dir, device), data, run_dir, args.grid_size)
+
+
+def _draw_manifold_of(vae, data, run_dir: Path, grid_size: int) -> None:
     if vae.latent_dim != 2:
         raise UsageError(f"{run_dir} has a {vae.latent_dim}-D latent; the manifold needs J = 2")
-    class_names = _class_names(data.name)
-    paths = draw_manifold(vae, data.test.images, data.test.labels, run_dir, args.grid_size, class_names)
+    paths = draw_manifold(vae, data.test.images, data.test.labels, run_dir, grid_size, _class_names(data.name))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -387,9 +447,10 @@ def figures(args) -> None:
     from .trainer import resolve_device
 
     run_dir = Path(args.run_dir)
-    vae, config, data = runs.load_run_and_data(run_dir, resolve_device(args.device), args.data_dir)
-    history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-    paths = draw_run_figures(vae, history, data.test.images, run_dir, run_title(config))
+    with runs.claim_run_dir(run_dir):
+        vae, config, data = runs.load_run_and_data(run_dir, resolve_device(args.device), args.data_dir)
+        history = runs.read_metrics(run_dir / runs.METRICS_FILE)
+        paths = draw_run_figures(vae, history, data.test.images, run_dir, run_title(config))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -397,27 +458,35 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m pyro_vae.experiments", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    def common(q, epochs):
-        q.add_argument("--epochs", type=positive_int, default=epochs, help=f"(default {epochs})")
-        q.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, binarized-mnist (default mnist)")
-        q.add_argument("--binarize", help="default: the dataset's (grey levels for mnist, as the seed)")
+    def common(q, epochs, training: bool = True, defaults: bool = True):
+        """The flags shared by the recipes; a recipe that fixes the data and net (paper) passes
+        training=False and does not list them. defaults=False leaves unset flags None."""
+        def default(value):
+            return value if defaults else None
+
+        q.add_argument("--epochs", type=positive_int, default=default(epochs), help=f"(default {epochs})")
+        if training:
+            q.add_argument("--dataset", choices=DATASETS, default=default("mnist"), help="(default mnist)")
+            q.add_argument("--binarize", choices=BINARIZATIONS,
+                           help="default: the dataset's (grey levels for mnist, as the seed)")
+            q.add_argument("--hidden-dims", type=positive_int, nargs="+", default=default([500]),
+                           help="(default 500)")
         q.add_argument("--train-size", type=positive_int, help="first N training images only")
-        q.add_argument("--hidden-dims", type=positive_int, nargs="+", default=[500])
         q.add_argument("--data-dir")
         q.add_argument("--device", default="auto")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--out", default="runs", help="parent folder of the runs (default runs)")
+        q.add_argument("--seed", type=int, default=default(0), help="(default 0)")
+        q.add_argument("--out", default=default("runs"), help="parent folder of the runs (default runs)")
         q.add_argument("--no-progress", action="store_true")
 
     sweep = sub.add_parser("latent-sweep", help="test ELBO against latent size (Kingma & Welling Fig. 2)")
     common(sweep, 5)
     sweep.add_argument("--latent-dims", type=positive_int, nargs="+", default=list(DEFAULT_LATENT_DIMS))
-    sweep.add_argument("--optimizer", default="adam", help="adam or adagrad (default adam)")
+    sweep.add_argument("--optimizer", default="adam", choices=["adam", "adagrad"], help="(default adam)")
     sweep.add_argument("--lr", type=float)
     sweep.add_argument("--eval-samples", type=non_negative_int, default=100,
                        help="K of the IS log p(x) of each model (default 100; 0 skips)")
     paper_parser = sub.add_parser("paper", help="Burda et al.'s MNIST benchmark recipe (784-200-200-50)")
-    common(paper_parser, 3280)
+    common(paper_parser, 3280, training=False)
     paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE) or iwae (default trace)")
     paper_parser.add_argument("--num-particles", type=positive_int, default=1, help="L, or k for iwae (1)")
     paper_parser.add_argument("--batch-size", type=positive_int, default=PAPER_BATCH_SIZE,
@@ -449,7 +518,7 @@ def build_parser() -> ArgumentParser:
     figure_parser.add_argument("run_dirs", nargs="+", help="runs with a learning_curve.csv (from paper or curve)")
     figure_parser.add_argument("--out", required=True, help="the PNG to write")
     manifold_parser = sub.add_parser("manifold", help="the learned 2-D manifold (Kingma & Welling Fig. 4)")
-    common(manifold_parser, 10)
+    common(manifold_parser, 10, defaults=False)
     manifold_parser.add_argument("--run-dir", help="use this trained J = 2 run instead of training one")
     manifold_parser.add_argument("--grid-size", type=positive_int, default=20, help="images per side (20)")
     figures_parser = sub.add_parser("figures", help="reconstructions, prior samples, curves of a run")
@@ -463,8 +532,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "latent-sweep":
         args.out = str(Path(args.out) / "latent-sweep")
-        if args.optimizer not in ("adam", "adagrad"):
-            raise UsageError(f"unknown --optimizer {args.optimizer!r}; choose from adam, adagrad")
         latent_sweep(args)
     elif args.command == "manifold":
         manifold(args)
@@ -475,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "paper-figure":
         from . import runs
 
+        runs.check_writable_file(args.out)
         for run_dir in args.run_dirs:
             if not (Path(run_dir) / runs.CURVE_FILE).is_file():
                 raise UsageError(f"{run_dir} has no {runs.CURVE_FILE}: run "

@@ -96,14 +96,12 @@ class ChunkPlan:
 
 
 def plan_chunks(num_samples: int, num_images: int, bytes_per_row: int, max_memory_mb: float,
-                batch_size: int, iwae_k: int) -> ChunkPlan:
-    """Largest (images, samples) chunk whose rows fit in ``max_memory_mb``; the sample chunk is
-    a multiple of ``iwae_k`` so that IWAE groups never straddle chunks."""
+                batch_size: int) -> ChunkPlan:
+    """Largest (images, samples) chunk whose rows fit in ``max_memory_mb``. The IWAE grouping
+    plays no part (the accumulator carries a group across chunks): it must not change the samples."""
     rows = max(1, int(max_memory_mb * 2**20) // max(1, bytes_per_row))
     images = max(1, min(batch_size, num_images, rows))
     samples = min(num_samples, max(1, rows // images))
-    if samples >= iwae_k:
-        samples -= samples % iwae_k
     return ChunkPlan(images, samples)
 
 
@@ -135,7 +133,7 @@ def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tens
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     iwae_k = min(iwae_k, num_samples)
-    plan = plan_chunks(num_samples, len(images), bytes_per_row, max_memory_mb, batch_size, iwae_k)
+    plan = plan_chunks(num_samples, len(images), bytes_per_row, max_memory_mb, batch_size)
     parts: list[tuple[int, dict[str, torch.Tensor]]] = []
     devices = [images.device] if images.device.type == "cuda" else []
     starts = list(range(0, len(images), plan.images_per_chunk))
@@ -172,6 +170,12 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
 
 
+def low_ess_threshold(num_samples: int) -> float:
+    """An image's ESS counts as low below 1% of K, or below 5 where 1% of K is under 5 (an ESS
+    is never below 1, so 1% of a small K could never fire)."""
+    return max(5.0, 0.01 * num_samples)
+
+
 def summarize(per_image: dict[str, torch.Tensor], num_samples: int) -> dict[str, float]:
     """Mean and standard error over images, and the ESS warnings."""
     summary: dict[str, float] = {}
@@ -179,5 +183,6 @@ def summarize(per_image: dict[str, torch.Tensor], num_samples: int) -> dict[str,
         summary[f"{name}_mean"], summary[f"{name}_stderr"] = mean_and_stderr(per_image[name])
     ess = per_image["ess"]
     summary["ess_median"] = ess.median().item()
-    summary["ess_low_fraction"] = (ess < 0.01 * num_samples).double().mean().item()
+    summary["ess_low_threshold"] = low_ess_threshold(num_samples)
+    summary["ess_low_fraction"] = (ess < summary["ess_low_threshold"]).double().mean().item()
     return summary

@@ -9,14 +9,17 @@ read with ``torch.load(weights_only=True)``: tensors and plain containers only, 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyro
@@ -26,6 +29,7 @@ from .cli import UsageError
 from .model import VAE
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"  # held (flock) by the one process writing the run; holds its PID
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "pyro_vae-checkpoint-1"
@@ -34,6 +38,93 @@ CURVE_FILE = "learning_curve.csv"  # IS test NLL of the snapshots (experiments c
 # what --overwrite may delete: only files a run writes, never the user's other files
 RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, CURVE_FILE, "*.png", "eval_*.json",
                        f"{SNAPSHOT_DIR}/epoch-*.pt")
+
+
+_held_locks: dict[Path, int] = {}  # run directories this process holds, with a nesting count
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Be the one writer of ``run_dir`` while the block runs; create it if needed.
+
+    The lock is an ``fcntl.flock`` on ``run_dir/.lock``: the OS releases it when the process
+    ends, however it ends, so a killed run never leaves a lock that blocks its resumption. A
+    second writer gets a UsageError naming the holder's PID; a path that is a file, or a folder
+    that cannot be created or written, gets one too, before any work. The claim nests within one
+    process (a recipe may claim what the trainer claims again). A folder created here that is
+    still empty when the block ends (the work failed before writing anything) is removed.
+    """
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if key in _held_locks:
+        _held_locks[key] += 1
+        try:
+            yield run_dir
+        finally:
+            _held_locks[key] -= 1
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is a file, not a run directory")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise UsageError(f"cannot write in {run_dir}: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UsageError(f"{run_dir} is being written by another process (PID {holder}); "
+                             "wait for it to end, or stop it") from None
+        try:  # a lock file left by an earlier writer opens even in a folder now read-only
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as error:
+            raise UsageError(f"cannot write in {run_dir}: {error.strerror or error}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held_locks[key] = 1
+        try:
+            yield run_dir
+        finally:
+            del _held_locks[key]
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+                (run_dir / LOCK_FILE).unlink()
+                run_dir.rmdir()
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def check_writable_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name a file")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write in {folder}: {error.strerror or error}") from None
+
+
+def write_json_or_fallback(path: Path, obj: Any) -> Path:
+    """Write a finished result to ``path``; if that fails now (disk full, permissions changed
+    since the start), write it to the system's temporary folder instead, so that no computed
+    result is lost, and return where it went."""
+    try:
+        write_json(path, obj)
+        return Path(path)
+    except OSError:
+        fd, fallback = tempfile.mkstemp(prefix=f"{Path(path).stem}-", suffix=".json")
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(obj, indent=2) + "\n")
+        return Path(fallback)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ The defaults train the seed model (784-500-20, tanh, grey-level MNIST, batch 100
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Sequence
@@ -13,12 +14,11 @@ from typing import Sequence
 from .cli import ArgumentParser, UsageError, non_negative_int, positive_float, positive_int, run_main
 from .data import BINARIZATIONS, DATASETS
 from .objectives import OBJECTIVES
-from .trainer import LR_SCHEDULES, OPTIMIZERS, Interrupted, TrainConfig, train
+from .trainer import (LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, differs,
+                      train)
 from . import distributed, runs
 
 DEFAULTS = TrainConfig()
-# flags a resumed run may change; every other setting is the run's own
-RESUMABLE_OVERRIDES = {"epochs", "device", "eval_samples", "data_dir"}
 
 
 def build_parser() -> ArgumentParser:
@@ -82,13 +82,17 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
     if args.resume:
         if not args.run_dir:
             raise UsageError("--resume needs --run-dir (the run to continue)")
+        if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
+            raise UsageError(f"{args.run_dir} is a file, not a run directory")
         stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
         changed = sorted(k for k, v in given.items()
-                         if k not in RESUMABLE_OVERRIDES | {"run_dir"} and _differs(v, stored.get(k)))
+                         if k not in RESUMABLE_SETTINGS and differs(v, stored.get(k)))
         if changed:
             raise UsageError(f"a resumed run keeps its settings; drop --{changed[0].replace('_', '-')} "
                              f"(the run has {stored.get(changed[0])!r})")
-        config = TrainConfig(**{**stored, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}})
+        # the folder given is the run: the stored run_dir is where it was written, not a target
+        config = TrainConfig(**{**stored, **{k: v for k, v in given.items() if k in RESUMABLE_SETTINGS},
+                                "run_dir": args.run_dir})
     else:
         config = TrainConfig(**given)
         if args.alpha is not None:
@@ -101,26 +105,34 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
     return config, given
 
 
-def _differs(given, stored) -> bool:
-    if isinstance(given, (list, tuple)) and isinstance(stored, (list, tuple)):
-        return list(given) != list(stored)
-    return given != stored
-
-
 def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool = False,
-                     progress: bool = True, dataset=None) -> dict:
-    """Train, draw the run's figures, and score the test set by importance sampling."""
-    from .data import load_dataset
-    from .evaluate import evaluate_run, format_summary
-    from .plots import draw_run_figures, run_title
+                     progress: bool = True, dataset=None, may_change=RESUMABLE_SETTINGS) -> dict:
+    """Train, draw the run's figures, and score the test set by importance sampling, holding the
+    run directory (one writer) from before the data is read to the end."""
     from .trainer import world_and_device
 
     world, device = world_and_device(config.device)
+    with runs.claim_run_dir(config.run_dir) if world.is_main else contextlib.nullcontext():
+        return _train_and_report(config, world, device, resume, overwrite, progress, dataset, may_change)
+
+
+def _train_and_report(config: TrainConfig, world, device, resume: bool, overwrite: bool, progress: bool,
+                      dataset, may_change) -> dict:
+    from .data import load_dataset
+    from .evaluate import evaluate_run, format_summary
+    from .plots import draw_run_figures, run_title
+    from .trainer import check_run_dir, refuse_changed_settings
+
+    run_dir = Path(config.run_dir)
+    check_run_dir(run_dir, resume, overwrite)  # before the data is read
+    if resume:
+        stored = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
+        refuse_changed_settings(run_dir, stored, config.to_dict(), may_change)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
                                config.train_size, config.valid_size)
     history = train(config, dataset, resume=resume, overwrite=overwrite,
-                    progress=progress and world.is_main)
+                    progress=progress and world.is_main, may_change=may_change)
     vae = runs.load_run(config.run_dir, device)
     say = print if world.is_main else (lambda *_: None)
     if world.is_main:

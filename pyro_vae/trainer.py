@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pyro
 import torch
@@ -240,16 +240,65 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                          "--overwrite to replace it")
 
 
+# settings a resumed run may change; every other one is the run's own
+RESUMABLE_SETTINGS = frozenset({"epochs", "device", "eval_samples", "data_dir", "run_dir", "max_seconds"})
+
+
+def differs(given, stored) -> bool:
+    if isinstance(given, (list, tuple)) and isinstance(stored, (list, tuple)):
+        return list(given) != list(stored)
+    return given != stored
+
+
+def refuse_changed_settings(run_dir: Path, stored: dict, config: dict,
+                            may_change: Iterable[str] = RESUMABLE_SETTINGS) -> None:
+    """A run resumed or re-run keeps its settings: refuse the first one that ``config`` changes.
+    (binarize None means the data set's default, which the stored config has resolved.)"""
+    for key, value in config.items():
+        if key in may_change or key == "versions" or (key == "binarize" and value is None):
+            continue
+        if differs(value, stored.get(key)):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{run_dir} was trained with {flag} {_show(stored.get(key))}, not "
+                             f"{_show(value)}; a resumed run keeps its settings (use another run "
+                             "directory for new ones)")
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "(none)"
+    return "(default)" if value is None else str(value)
+
+
 def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
-          log: Callable[[str], None] = print) -> list[dict]:
+          log: Callable[[str], None] = print,
+          may_change: Iterable[str] = RESUMABLE_SETTINGS) -> list[dict]:
     """Train (or resume) the run in ``config.run_dir``; returns the metrics history.
 
-    Everything is checked (flags, run directory, data) before the first file is written.
+    The run directory is claimed (one writer at a time) and everything is checked (flags, run
+    directory, a resumed run's settings, data) before the first file is written. A resumed run
+    may change only the settings in ``may_change``.
     """
     world, device = world_and_device(config.device)
     run_dir = Path(config.run_dir)
+    with runs.claim_run_dir(run_dir) if world.is_main else contextlib.nullcontext():
+        return _train(config, world, device, run_dir, dataset, resume, overwrite, progress, log, may_change)
+
+
+def _train(config: TrainConfig, world: distributed.World, device: torch.device, run_dir: Path,
+           dataset: Dataset | None, resume: bool, overwrite: bool, progress: bool,
+           log: Callable[[str], None], may_change: Iterable[str]) -> list[dict]:
     check_run_dir(run_dir, resume, overwrite)
+    checkpoint_path = run_dir / runs.CHECKPOINT_FILE
+    metrics_path = run_dir / runs.METRICS_FILE
+    state = runs.load_checkpoint(checkpoint_path) if resume else None  # on the CPU: read once
+    if state is not None:
+        refuse_changed_settings(run_dir, state["config"], config.to_dict(), may_change)
+        rank_states = state.get("rng_ranks") or [state["rng"]]
+        if len(rank_states) != world.size:
+            raise UsageError(f"{checkpoint_path} was written by {len(rank_states)} process(es); "
+                             f"resume it with the same number, not {world.size}")
     if not world.is_main:
         log = _quiet
         progress = False
@@ -270,27 +319,18 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
     optimizer = make_optimizer(config, vae.parameters())
     average = make_weight_average(vae, config.ema_decay)
     evaluated = average.module if average is not None else vae  # the weights the run is scored by
-    checkpoint_path = run_dir / runs.CHECKPOINT_FILE
-    metrics_path = run_dir / runs.METRICS_FILE
     distributed.barrier(world)  # every rank has checked the run directory before rank 0 writes
     if overwrite and world.is_main:
         runs.clear_run_outputs(run_dir)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
 
     start_epoch, start_step, history = 0, 0, []
     saved_losses, saved_seconds = None, 0.0
-    if resume:
-        state = runs.load_checkpoint(checkpoint_path, device)
+    if state is not None:
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if average is not None and "model_ema" in state:  # else the average starts here
             average.module.load_state_dict(state["model_ema"])
             average.n_averaged.fill_(state["ema_updates"])
-        rank_states = state.get("rng_ranks") or [state["rng"]]
-        if len(rank_states) != world.size:
-            raise UsageError(f"{checkpoint_path} was written by {len(rank_states)} process(es); "
-                             f"resume it with the same number, not {world.size}")
         runs.set_rng_state(rank_states[world.rank])
         start_epoch, start_step, history = state["epoch"], state["step"], list(state["history"])
         saved_losses, saved_seconds = state.get("epoch_losses"), state.get("epoch_seconds", 0.0)

@@ -43,11 +43,11 @@ def test_sharded_evaluation_equals_one_process(tmp_path, data_dir):
     # one thread, as each rank: torch's reductions may group sums differently with more threads
     single = run_cli("pyro_vae.evaluate", str(run), *flags, env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
-    one = json.loads((run / "eval_test_K20_first230_seed4.json").read_text())
-    (run / "eval_test_K20_first230_seed4.json").unlink()
+    one = json.loads((run / "eval_test_K20_first230_seed4_b40.json").read_text())
+    (run / "eval_test_K20_first230_seed4_b40.json").unlink()
     result = torchrun("-m", "pyro_vae.evaluate", str(run), *flags)
     assert result.returncode == 0, result.stderr[-2000:]
-    two = json.loads((run / "eval_test_K20_first230_seed4.json").read_text())
+    two = json.loads((run / "eval_test_K20_first230_seed4_b40.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
     assert one["per_image"] == two["per_image"]
     assert one["summary"] == two["summary"]

@@ -1,6 +1,5 @@
 """The seed's experiments: the latent grid, the sweep's skip/resume, and every figure command."""
 
-import shutil
 
 import pytest
 import torch
@@ -126,10 +125,9 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
         experiments.main(["paper", "--epochs", "6", "--out", str(tmp_path / "y"), "--continue-from", str(tmp_path)])
     # continued at another batch size: the name says so, and the config holds the new size
     smaller = tmp_path / "paper-trace-L1-7ep-equal4-b50"
-    shutil.copytree(longer, smaller)
     experiments.main(["paper", "--epochs", "7", "--lr-schedule", "burda-equal", "--schedule-epochs", "4",
                       "--batch-size", "50", "--train-size", "200", "--eval-samples", "0", "--curve-samples", "0",
-                      "--out", str(tmp_path), "--no-progress"])
+                      "--out", str(tmp_path), "--no-progress", "--continue-from", str(longer)])
     assert [r["epoch"] for r in read_metrics(smaller / "metrics.csv")] == list(range(1, 8))
     assert json.loads((smaller / "config.json").read_text())["batch_size"] == 50
     with pytest.raises(UsageError, match="must be fewer than --epochs"):

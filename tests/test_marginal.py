@@ -83,7 +83,7 @@ def test_chunking_does_not_change_the_result(memory_mb, batch_size):
     # with the exact posterior every weight equals p(x): any chunking must give the same numbers
     lg = LinearGaussian()
     x = lg.data(7)
-    plan = plan_chunks(64, 7, 1024, memory_mb, batch_size, 8)
+    plan = plan_chunks(64, 7, 1024, memory_mb, batch_size)
     result = estimate_log_likelihood(lg.model, lg.exact_guide, x, 64, batch_size=batch_size,
                                      max_memory_mb=memory_mb, bytes_per_row=1024, iwae_k=8)
     for name in ("log_px", "elbo", "iwae"):
