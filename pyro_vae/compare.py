@@ -19,6 +19,9 @@ from typing import Sequence
 from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
 from .data import BINARIZATIONS, DATASETS
 
+FIXED_MODEL_DEFAULTS = {"num_images": 1000, "grad_batch": 100, "repeats": 100}
+TRAINING_DEFAULTS = {"epochs": 5, "wall_seconds": None, "train_size": None, "eval_samples": 100, "latent_dim": 20,
+                     "hidden_dims": [500], "dataset": "mnist", "binarize": None}
 DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
 
 
@@ -232,17 +235,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument("run_dir", nargs="?", help="a trained run (fixed-model mode)")
     p.add_argument("--train", action="store_true", help="training mode: train one model per estimator")
     p.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help=f"NAME:PARTICLES list (default {DEFAULT_ESTIMATORS})")
-    p.add_argument("--num-images", type=positive_int, default=1000, help="test images for the bound (1000)")
-    p.add_argument("--grad-batch", type=positive_int, default=100, help="the fixed gradient minibatch (100)")
-    p.add_argument("--repeats", type=positive_int, default=100, help="R, gradient draws for the SNR (100)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="training mode: epoch budget (5)")
-    p.add_argument("--wall-seconds", type=positive_float, help="training mode: also a wall-time budget per estimator")
-    p.add_argument("--train-size", type=positive_int, help="training mode: first N training images")
-    p.add_argument("--eval-samples", type=int, default=100, help="training mode: K for IS log p(x) (100)")
-    p.add_argument("--latent-dim", type=positive_int, default=20)
-    p.add_argument("--hidden-dims", type=positive_int, nargs="+", default=[500])
-    p.add_argument("--dataset", default="mnist", choices=DATASETS)
-    p.add_argument("--binarize", choices=BINARIZATIONS, help="default: the dataset's (see train --help)")
+    fixed = p.add_argument_group("fixed-model mode")
+    fixed.add_argument("--num-images", type=positive_int, help="test images for the bound (1000)")
+    fixed.add_argument("--grad-batch", type=positive_int, help="the fixed gradient minibatch (100)")
+    fixed.add_argument("--repeats", type=positive_int, help="R, gradient draws for the SNR (100)")
+    training = p.add_argument_group("training mode")
+    training.add_argument("--epochs", type=positive_int, help="epoch budget (5)")
+    training.add_argument("--wall-seconds", type=positive_float, help="also a wall-time budget per estimator")
+    training.add_argument("--train-size", type=positive_int, help="first N training images")
+    training.add_argument("--eval-samples", type=int, help="K for IS log p(x) (100)")
+    training.add_argument("--latent-dim", type=positive_int, help="(20)")
+    training.add_argument("--hidden-dims", type=positive_int, nargs="+", help="(500)")
+    training.add_argument("--dataset", choices=DATASETS, help="(mnist)")
+    training.add_argument("--binarize", choices=BINARIZATIONS, help="default: the dataset's (see train --help)")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -258,7 +263,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError("give either RUN_DIR (fixed-model mode) or --train (training mode)")
     if args.run_dir and not Path(args.run_dir).is_dir():
         raise UsageError(f"{args.run_dir} is not a directory")
-    if args.eval_samples < 0:
+    # each mode's flags: the other mode's are refused, not ignored
+    ours, theirs = (TRAINING_DEFAULTS, FIXED_MODEL_DEFAULTS) if args.train else (FIXED_MODEL_DEFAULTS, TRAINING_DEFAULTS)
+    foreign = [name for name in theirs if getattr(args, name) is not None]
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')} applies only to "
+                         f"{'fixed-model mode (RUN_DIR)' if args.train else 'training mode (--train)'}")
+    for name, default in ours.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.train and args.eval_samples < 0:
         raise UsageError("--eval-samples must be >= 0")
     (run_training if args.train else run_fixed_model)(args)
 

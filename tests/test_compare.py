@@ -77,6 +77,9 @@ def test_fixed_model_scores_every_estimator(small_model):
     (["--train", "--estimators", "iwae:0"], "positive"),
     ([], "either RUN_DIR"),
     (["/nonexistent/run"], "not a directory"),
+    (["--train", "--repeats", "5"], "--repeats applies only to fixed-model mode"),
+    ([".", "--epochs", "3"], "--epochs applies only to training mode"),
+    ([".", "--hidden-dims", "10"], "--hidden-dims applies only to training mode"),
 ])
 def test_bad_compare_input(argv, message, capsys):
     status, err = call(compare.main, argv, capsys)
