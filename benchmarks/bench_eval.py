@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_thread_flag, apply_thread_flag, describe_machine, synchronize, write_section  # noqa: E402
 
-from pyro_vae.marginal import estimate_log_likelihood, plan_chunks, vae_bytes_per_row  # noqa: E402
+from pyro_vae.marginal import estimate_per_item, plan_chunks, vae_bytes_per_row  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def setup(device, num_images):
 
 
 def run_estimator(vae, images, samples, max_memory_mb):
-    return estimate_log_likelihood(vae.model, vae.guide, images, samples, batch_size=100,
+    return estimate_per_item(vae.model, vae.guide, images, samples, batch_size=100,
                                    max_memory_mb=max_memory_mb, bytes_per_row=vae_bytes_per_row(vae))
 
 

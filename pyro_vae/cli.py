@@ -17,8 +17,9 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
-    """Bad input from the user: a flag, a path, a data file or a checkpoint."""
+class UsageError(ValueError):
+    """Bad input from the user: a flag, a path, a data file or a checkpoint. A ValueError, so
+    that code calling the library catches it as Python's own."""
 
 
 class TrainingFailed(Exception):
@@ -86,3 +87,35 @@ def run_main(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] |
         print(f"error: {error.strerror or error}{where}; files written before it are intact",
               file=sys.stderr)
         sys.exit(EXIT_FAILED)
+
+
+COMMANDS = {
+    "train": "train a VAE (python -m pyro_vae.train)",
+    "evaluate": "importance-sampled log p(x) of a trained run",
+    "compare": "compare ELBO estimators on one model, or by training one per estimator",
+    "paired": "paired difference of two scores on the same images",
+    "experiments": "the seed's experiments and Burda et al.'s benchmark recipe",
+}
+
+
+def dispatch(argv: Sequence[str] | None = None) -> None:
+    """``pyro-vae COMMAND ...``: the console script; each command is also ``python -m pyro_vae.COMMAND``."""
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, COMMANDS))
+        print("usage: pyro-vae COMMAND [ARGS]   (pyro-vae COMMAND --help for its flags)\n\ncommands:")
+        print("\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()))
+        sys.exit(0 if argv else EXIT_BAD_INPUT)
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(f"pyro-vae {__version__}")
+        sys.exit(0)
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (see pyro-vae --help)",
+              file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    module = importlib.import_module(f"pyro_vae.{argv[0]}")
+    run_main(module.main, argv[1:])

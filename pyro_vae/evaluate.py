@@ -83,7 +83,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
 def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_device, batch_size: int,
                   max_memory_mb: float, iwae_k: int, seed: int, limit: int | None, data_dir: str | None,
                   progress: bool, dataset, weights: str, binarization_seed: int, out: str | None) -> dict:
-    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+    from .marginal import estimate_per_item, summarize, vae_bytes_per_row
 
     if dataset is None:
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights, binarization_seed)
@@ -98,7 +98,7 @@ def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_devi
     if len(images) == 0:
         raise UsageError(f"the {split} split of this run is empty")
     started = time.perf_counter()
-    per_image = estimate_log_likelihood(
+    per_image = estimate_per_item(
         vae.model, vae.guide, images, num_samples, batch_size=batch_size,
         max_memory_mb=max_memory_mb, seed=seed, iwae_k=iwae_k,
         bytes_per_row=vae_bytes_per_row(vae), progress=progress, world=world)

@@ -267,7 +267,7 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
 def _learning_curve(run_dir: Path, snapshots: list[Path], num_samples: int, torch_device: torch.device,
                     data_dir: str | None, progress: bool) -> list[dict]:
     from . import runs
-    from .marginal import estimate_log_likelihood, summarize, vae_bytes_per_row
+    from .marginal import estimate_per_item, summarize, vae_bytes_per_row
 
     vae, _, data = runs.load_run_and_data(run_dir, torch_device, data_dir)
     bytes_per_row = vae_bytes_per_row(vae)  # the architecture's, the same for every snapshot
@@ -278,7 +278,7 @@ def _learning_curve(run_dir: Path, snapshots: list[Path], num_samples: int, torc
     for path in snapshots:
         state = runs.load_checkpoint(path, torch_device)
         vae.load_state_dict(state["model"])
-        per_image = estimate_log_likelihood(vae.model, vae.guide, data.test.images, num_samples,
+        per_image = estimate_per_item(vae.model, vae.guide, data.test.images, num_samples,
                                             bytes_per_row=bytes_per_row, progress=progress)
         summary = summarize(per_image, num_samples)
         rows.append({"epoch": state["epoch"], "num_samples": num_samples,
@@ -314,9 +314,8 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
                 color=color, label=f"{name}: test -ELBO (1 sample)")
         ax.plot([r["epoch"] for r in rows], [r["test_nll"] for r in rows], "o-", markersize=4, color=color,
                 label=f"{name}: test NLL, IS K={rows[0]['num_samples']}")
-        finals = sorted((int(p.stem.removeprefix("eval_test_K").removesuffix("_cuda")), p)
-                        for p in run_dir.glob("eval_test_K*.json")  # not a subset, another seed or _last
-                        if p.stem.removeprefix("eval_test_K").removesuffix("_cuda").isdigit())
+        finals = sorted((int(p.stem.removeprefix("eval_test_K")), p) for p in run_dir.glob("eval_test_K*.json")
+                        if p.stem.removeprefix("eval_test_K").isdigit())  # not a subset, another seed, ...
         for marker, (num_samples, report_path) in zip("sv^D", finals):  # square: the smallest K
             summary = json.loads(report_path.read_text())["summary"]
             ax.errorbar([history[-1]["epoch"]], [-summary["log_px_mean"]], yerr=[summary["log_px_stderr"]],

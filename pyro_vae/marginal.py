@@ -11,9 +11,13 @@ For each image x, with z_1..z_K ~ q(z|x) drawn from the guide,
 E[log p^(x)] <= log p(x) by Jensen's inequality (p^ is unbiased for p(x), log is concave), and
 E[ELBO^] <= E[IWAE_k^] <= E[log p^] for k <= K: the estimate is a stochastic lower bound whose
 gap closes as K grows. The log-weights come from Pyro itself (the guide traced under a
-"particles" plate, the model replayed on its samples), so any model/guide pair with its sites
-in a "data" plate at dim -1 can be scored. Samples and images are processed in chunks whose
-size follows ``max_memory_mb``; the sums are streamed in float64, so memory does not grow with K.
+"particles" plate, the model replayed on its samples), so any model/guide pair whose every
+sample site lies in the data plate can be scored: the outermost plate, at dim
+-max_plate_nesting, of the size of the batch; the particles live one dim further left. A site
+outside it (a global latent), scaled (a subsampled plate) or shaped otherwise is refused, since
+its log-density would be pooled over the batch and not be per item. Samples and items are
+processed in chunks whose size follows ``max_memory_mb``; the sums are streamed in float64, so
+memory does not grow with K.
 """
 
 from __future__ import annotations
@@ -26,27 +30,59 @@ from typing import Callable
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .distributed import World, gather_objects
 from .objectives import MAX_PLATE_NESTING
 
-PARTICLE_DIM = -(MAX_PLATE_NESTING + 1)
-
-
-def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor,
-                           num_samples: int) -> torch.Tensor:
-    """(num_samples, len(x)) tensor of log p(x, z) - log q(z|x), z ~ q(z|x), via Pyro traces."""
-    with pyro.plate("particles", num_samples, dim=PARTICLE_DIM):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_w = x.new_zeros(num_samples, x.shape[0])
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+def log_importance_weights(model: Callable, guide: Callable, data: torch.Tensor, num_samples: int,
+                           *args, max_plate_nesting: int = MAX_PLATE_NESTING, **kwargs) -> torch.Tensor:
+    """(num_samples, len(data)) tensor of log p(x, z) - log q(z|x), z ~ q(z|x), via Pyro traces;
+    ``model(data, *args, **kwargs)`` and the guide alike. Raises ValueError for a site whose
+    log-density is not per item (see the module's docstring)."""
+    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
+        guide_trace = poutine.trace(guide).get_trace(data, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(data, *args, **kwargs)
+    log_w = 0.0
+    for trace, sign, program in ((model_trace, 1.0, "model"), (guide_trace, -1.0, "guide")):
         trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * site["log_prob"]
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                log_w = log_w + sign * per_item_log_density(site, name, program, num_samples, len(data),
+                                                            max_plate_nesting)
+    if isinstance(log_w, float):
+        raise ValueError("the model and guide have no sample sites")
     return log_w
+
+
+def per_item_log_density(site: dict, name: str, program: str, num_samples: int, batch: int,
+                         max_plate_nesting: int) -> torch.Tensor:
+    """A site's log-density as a (num_samples, batch) tensor: summed over the plates inside the
+    data plate; a ValueError naming the site if it is not a per-item term."""
+    data_dim = -max_plate_nesting
+    where = f"{program} site {name!r}"
+    plates = [f for f in site["cond_indep_stack"] if f.name != "particles"]
+    if not any(f.dim == data_dim and f.size == batch for f in plates):
+        found = ", ".join(f"{f.name!r} (dim {f.dim}, size {f.size})" for f in plates) or "none"
+        raise ValueError(f"{where} is not in a data plate at dim {data_dim} of size {batch} (its plates: "
+                         f"{found}): a global latent, or a program without a data plate, has no per-item "
+                         "log-density, so log p(x) cannot be estimated item by item. Put every site "
+                         "in the data plate, the outermost plate, and set max_plate_nesting to the "
+                         "number of nested plates")
+    if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
+        raise ValueError(f"{where} is scaled by {site['scale']} (a subsampled plate, or poutine.scale): "
+                         "log p(x) needs every term at full weight")
+    log_prob = site["log_prob"]
+    if log_prob.dim() != max_plate_nesting + 1:
+        raise ValueError(f"{where} has a log-density of shape {tuple(log_prob.shape)}, not "
+                         f"(samples, batch) plus {max_plate_nesting - 1} inner plate dim(s): "
+                         "its batch dims are not all plates (use .to_event for the others)")
+    per_item = log_prob.sum(tuple(range(2, log_prob.dim()))) if log_prob.dim() > 2 else log_prob
+    if per_item.shape != (num_samples, batch):
+        raise ValueError(f"{where} has a per-item log-density of shape {tuple(per_item.shape)}, "
+                         f"not (samples, batch) = {(num_samples, batch)}")
+    return per_item
 
 
 class WeightAccumulator:
@@ -95,13 +131,19 @@ class ChunkPlan:
     samples_per_chunk: int
 
 
+SAMPLE_CHUNK_MULTIPLE = 50  # sample chunks are a multiple of this, where they can be
+
+
 def plan_chunks(num_samples: int, num_images: int, bytes_per_row: int, max_memory_mb: float,
                 batch_size: int) -> ChunkPlan:
-    """Largest (images, samples) chunk whose rows fit in ``max_memory_mb``. The IWAE grouping
+    """Largest (images, samples) chunk whose rows fit in ``max_memory_mb``, the sample chunk
+    rounded down to a multiple of 50 (as the scores in results/ were drawn). The IWAE grouping
     plays no part (the accumulator carries a group across chunks): it must not change the samples."""
     rows = max(1, int(max_memory_mb * 2**20) // max(1, bytes_per_row))
     images = max(1, min(batch_size, num_images, rows))
     samples = min(num_samples, max(1, rows // images))
+    if samples >= SAMPLE_CHUNK_MULTIPLE:
+        samples -= samples % SAMPLE_CHUNK_MULTIPLE
     return ChunkPlan(images, samples)
 
 
@@ -112,17 +154,108 @@ def vae_bytes_per_row(vae) -> int:
     return 4 * (3 * vae.latent_dim + 2 * sum(vae.hidden_dims) + 4 * pixels)
 
 
+def measured_bytes_per_row(model: Callable, guide: Callable, data: torch.Tensor, args: tuple, kwargs: dict,
+                           max_plate_nesting: int, num_samples: int = 4) -> int:
+    """Memory per (item, sample) row, measured on a first small chunk: on CUDA the peak the
+    allocator saw, elsewhere the bytes of every tensor the two traces hold (values, log-densities,
+    the distributions' parameters), doubled for the temporaries of the log-densities."""
+    x = data[:min(len(data), 8)]
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        before = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        log_importance_weights(model, guide, x, num_samples, *args, max_plate_nesting=max_plate_nesting, **kwargs)
+        used = torch.cuda.max_memory_allocated(x.device) - before
+        return max(1, used // (len(x) * num_samples))
+    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
+        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+    seen: dict[int, int] = {}
+    for trace in (guide_trace, model_trace):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                for tensor in _tensors_of(site):
+                    seen[id(tensor)] = tensor.numel() * tensor.element_size()
+    return max(1, 2 * sum(seen.values()) // (len(x) * num_samples))
+
+
+def _tensors_of(site: dict):
+    """The tensors a sample site holds: its value, log-density and its distribution's parameters."""
+    yield site["value"]
+    yield site["log_prob"]
+    fn = site["fn"]
+    while fn is not None:
+        yield from (v for v in vars(fn).values() if isinstance(v, torch.Tensor))
+        fn = getattr(fn, "base_dist", None)
+
+
 def batch_seed(seed: int, batch_index: int) -> int:
     """The RNG seed of one image batch: a run's figures do not depend on how batches are spread."""
     return (seed * 1_000_003 + batch_index) % 2**63
 
 
+@dataclass
+class LogLikelihood:
+    """Per-item estimates of one :func:`estimate_log_likelihood` call (float64 tensors, one value
+    per item of the data): log p^(x), the IWAE_k bound, the ELBO and the ESS."""
+
+    log_px: torch.Tensor
+    iwae: torch.Tensor
+    elbo: torch.Tensor
+    ess: torch.Tensor
+    num_samples: int
+    iwae_k: int
+
+    def summary(self) -> dict[str, float]:
+        """Mean and standard error over items of log p^, IWAE_k and ELBO; the ESS's median and
+        the fraction of items whose ESS is low (:func:`low_ess_threshold`)."""
+        return summarize(self.per_item(), self.num_samples)
+
+    def per_item(self) -> dict[str, torch.Tensor]:
+        return {"log_px": self.log_px, "iwae": self.iwae, "elbo": self.elbo, "ess": self.ess}
+
+
+def estimate_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *args,
+                            num_samples: int = 5000, max_plate_nesting: int = 1, batch_size: int = 100,
+                            max_memory_mb: float = 1024.0, seed: int = 0, iwae_k: int = 50,
+                            **kwargs) -> LogLikelihood:
+    """Importance-sampled log p(x) of each item of ``data`` under a Pyro model, with the guide as
+    proposal: K = ``num_samples`` draws per item, log p^(x) = logsumexp_k log w_k - log K.
+
+    ``data`` is split into batches of at most ``batch_size`` items along dim 0, and each is
+    passed as the first argument of ``model`` and ``guide``, ``*args`` and ``**kwargs`` after it.
+    Every sample site must lie in the data plate, the outermost plate (dim
+    ``-max_plate_nesting``), sized to the batch; the particles live at dim
+    ``-(max_plate_nesting + 1)``. Anything else is a ValueError naming the site. The memory a
+    chunk of (items x samples) takes is measured on a first small chunk and chunks are sized to
+    ``max_memory_mb``. A given ``seed`` gives the same numbers, and the caller's random state is
+    left as it was.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    if max_plate_nesting < 1:
+        raise ValueError(f"max_plate_nesting must be at least 1 (the data plate), got {max_plate_nesting}")
+    if len(data) == 0:
+        raise ValueError("data holds no items")
+    with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        bytes_per_row = measured_bytes_per_row(model, guide, data, args, kwargs, max_plate_nesting)
+    per_item = estimate_per_item(model, guide, data, num_samples, args=args, kwargs=kwargs,
+                                 max_plate_nesting=max_plate_nesting, batch_size=batch_size,
+                                 max_memory_mb=max_memory_mb, seed=seed, iwae_k=iwae_k,
+                                 bytes_per_row=bytes_per_row)
+    return LogLikelihood(**per_item, num_samples=num_samples, iwae_k=min(iwae_k, num_samples))
+
+
 @torch.no_grad()
-def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tensor, num_samples: int,
-                            *, batch_size: int = 100, max_memory_mb: float = 1024.0, seed: int = 0,
-                            iwae_k: int = 50, bytes_per_row: int = 16_384, progress: bool = False,
-                            world: World | None = None) -> dict[str, torch.Tensor]:
-    """Per-image log p^(x), ELBO, IWAE_k bound and ESS (float64 tensors of len(images)).
+def estimate_per_item(model: Callable, guide: Callable, images: torch.Tensor, num_samples: int, *,
+                      args: tuple = (), kwargs: dict | None = None, max_plate_nesting: int = MAX_PLATE_NESTING,
+                      batch_size: int = 100, max_memory_mb: float = 1024.0, seed: int = 0,
+                      iwae_k: int = 50, bytes_per_row: int = 16_384, progress: bool = False,
+                      world: World | None = None) -> dict[str, torch.Tensor]:
+    """Per-item log p^(x), ELBO, IWAE_k bound and ESS (float64 tensors of len(images)): the
+    engine of :func:`estimate_log_likelihood`, with the chunk size given and across ranks.
 
     Images go in batches of at most ``batch_size`` (fewer if memory needs it), each seeded by
     ``batch_seed(seed, index)`` inside a forked RNG, so the caller's random stream is untouched
@@ -130,6 +263,7 @@ def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tens
     rank i mod size and every rank returns the gathered result: the same numbers as one process.
     """
     world = world or World()
+    kwargs = kwargs or {}
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     iwae_k = min(iwae_k, num_samples)
@@ -152,7 +286,8 @@ def estimate_log_likelihood(model: Callable, guide: Callable, images: torch.Tens
                 # Pyro's checks (support, shapes) on the first chunk only: on every chunk they
                 # scan each (sample, image, pixel) logit for NaN, 10% of the time on the CPU
                 with contextlib.nullcontext() if not validated else pyro.validation_enabled(False):
-                    acc.add(log_importance_weights(model, guide, x, k))
+                    acc.add(log_importance_weights(model, guide, x, k, *args,
+                                                   max_plate_nesting=max_plate_nesting, **kwargs))
                 validated = True
                 bar.update(k * len(x))
             parts.append((index, acc.result()))

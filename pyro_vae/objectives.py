@@ -9,8 +9,8 @@
                log (1/L) sum_l w_l, w_l = p(x, z_l) / q(z_l|x); Renyi's bound at alpha = 0.
 ``renyi``      Li & Turner's Renyi bound, 1/(1-alpha) log (1/L) sum_l w_l^(1-alpha) (``--alpha``).
 
-Each entry maps the flags (particles L, vectorized or not, jit or not) to a Pyro ELBO instance.
-Adding an estimator is one function and one line in ``OBJECTIVES``.
+Each entry maps (particles L, vectorized or not, jit or not, max_plate_nesting, options) to a
+Pyro ELBO instance. :func:`register_objective` adds one, and ``--elbo`` lists what is registered.
 """
 
 from __future__ import annotations
@@ -96,18 +96,21 @@ def _log_prob_sum(site) -> torch.Tensor:
     return scale_and_mask(log_prob, site["scale"], site["mask"]).sum()
 
 
-def _pick(plain: type, jitted: type, num_particles: int, vectorize: bool, jit: bool) -> ELBO:
+def _pick(plain: type, jitted: type, num_particles: int, vectorize: bool, jit: bool,
+          max_plate_nesting: int) -> ELBO:
     kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize,
-                  max_plate_nesting=MAX_PLATE_NESTING)
+                  max_plate_nesting=max_plate_nesting)
     return jitted(ignore_jit_warnings=True, **kwargs) if jit else plain(**kwargs)
 
 
-def _trace(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
-    return _pick(SyncFreeTrace_ELBO, JitTrace_ELBO, num_particles, vectorize, jit)
+def _trace(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+           **_) -> ELBO:
+    return _pick(SyncFreeTrace_ELBO, JitTrace_ELBO, num_particles, vectorize, jit, max_plate_nesting)
 
 
-def _meanfield(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
-    return _pick(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize, jit)
+def _meanfield(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+               **_) -> ELBO:
+    return _pick(TraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize, jit, max_plate_nesting)
 
 
 class DifferentiableRenyiELBO(RenyiELBO):
@@ -150,17 +153,19 @@ class DifferentiableRenyiELBO(RenyiELBO):
         return -log_mean_weight.sum() / (1.0 - self.alpha)
 
 
-def _renyi(num_particles: int, vectorize: bool, jit: bool, alpha: float = 0.5, **_) -> ELBO:
+def _renyi(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+           alpha: float = 0.5, **_) -> ELBO:
     if jit:
         raise UsageError("--jit is not available for the iwae/renyi estimators (Pyro has no JitRenyiELBO)")
     if alpha == 1:
         raise UsageError("--alpha 1 is the ordinary ELBO: use --elbo trace")
     return DifferentiableRenyiELBO(alpha=alpha, num_particles=num_particles,
-                                   vectorize_particles=vectorize, max_plate_nesting=MAX_PLATE_NESTING)
+                                   vectorize_particles=vectorize, max_plate_nesting=max_plate_nesting)
 
 
-def _iwae(num_particles: int, vectorize: bool, jit: bool, **_) -> ELBO:
-    return _renyi(num_particles, vectorize, jit, alpha=0.0)
+def _iwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+          **_) -> ELBO:
+    return _renyi(num_particles, vectorize, jit, max_plate_nesting, alpha=0.0)
 
 
 OBJECTIVES: dict[str, Callable[..., ELBO]] = {
@@ -172,10 +177,25 @@ OBJECTIVES: dict[str, Callable[..., ELBO]] = {
 
 
 def make_elbo(name: str, num_particles: int = 1, vectorize: bool = False, jit: bool = False,
-              **options) -> ELBO:
-    """The Pyro ELBO named ``name`` with L = ``num_particles``."""
+              max_plate_nesting: int = MAX_PLATE_NESTING, **options) -> ELBO:
+    """The Pyro ELBO registered as ``name`` with L = ``num_particles`` samples per item, drawn in
+    one vectorized pass if ``vectorize`` (particles at dim -(max_plate_nesting + 1)); ``options``
+    go to the estimator (e.g. ``alpha`` for renyi). Use it as any Pyro ELBO:
+    ``elbo.differentiable_loss(model, guide, x)`` or ``pyro.infer.SVI(model, guide, optim, elbo)``."""
     if name not in OBJECTIVES:
-        raise UsageError(f"unknown --elbo {name!r}; choose from {', '.join(OBJECTIVES)}")
+        raise ValueError(f"unknown objective {name!r}; registered: {', '.join(OBJECTIVES)}")
     if num_particles < 1:
-        raise UsageError(f"--num-particles must be a positive integer, got {num_particles}")
-    return OBJECTIVES[name](num_particles=num_particles, vectorize=vectorize, jit=jit, **options)
+        raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
+    return OBJECTIVES[name](num_particles=num_particles, vectorize=vectorize, jit=jit,
+                            max_plate_nesting=max_plate_nesting, **options)
+
+
+def register_objective(name: str, factory: Callable[..., ELBO]) -> None:
+    """Make ``factory`` available as ``make_elbo(name, ...)`` (and to the commands' ``--elbo``).
+    It is called with ``num_particles``, ``vectorize``, ``jit``, ``max_plate_nesting`` and the
+    options given to make_elbo as keywords, and returns a Pyro ELBO."""
+    if not callable(factory):
+        raise TypeError(f"the factory of objective {name!r} must be callable, got {type(factory).__name__}")
+    if name in OBJECTIVES:
+        raise ValueError(f"objective {name!r} is already registered")
+    OBJECTIVES[name] = factory

@@ -79,3 +79,19 @@ def test_bad_evaluate_input(argv, message, tmp_path, capsys):
     argv = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for a in argv]
     status, err = call(evaluate.main, argv, capsys)
     assert status == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_the_console_script_lists_and_dispatches_the_commands(capsys):
+    from pyro_vae.cli import COMMANDS, dispatch
+
+    with pytest.raises(SystemExit) as exit_info:
+        dispatch(["--help"])
+    assert exit_info.value.code == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("train", "evaluate", "compare", "paired", "experiments"))
+    for argv, message in ((["bogus"], "unknown command 'bogus'"), (["evaluate", "/nonexistent/run"], "not a directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            dispatch(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert set(COMMANDS) == {"train", "evaluate", "compare", "paired", "experiments"}

@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.marginal import WeightAccumulator, estimate_log_likelihood, plan_chunks, summarize
+from pyro_vae.marginal import WeightAccumulator, estimate_per_item, plan_chunks, summarize
 from pyro_vae.model import VAE
 from pyro_vae.objectives import make_elbo
 
@@ -52,7 +52,7 @@ class LinearGaussian:
 def test_exact_posterior_gives_log_px_from_one_sample():
     lg = LinearGaussian()
     x = lg.data(8)
-    result = estimate_log_likelihood(lg.model, lg.exact_guide, x, num_samples=1)
+    result = estimate_per_item(lg.model, lg.exact_guide, x, num_samples=1)
     assert torch.allclose(result["log_px"], lg.exact_log_px(x), atol=1e-9)
     assert result["ess"].sub(1).abs().max() < 1e-9
 
@@ -63,7 +63,7 @@ def test_wrong_guide_is_low_for_small_k_and_converges_as_k_grows():
     exact = lg.exact_log_px(x)
     gaps = {}
     for k in (1, 10, 3000):
-        result = estimate_log_likelihood(lg.model, lg.wrong_guide, x, num_samples=k, seed=3)
+        result = estimate_per_item(lg.model, lg.wrong_guide, x, num_samples=k, seed=3)
         gaps[k] = (result["log_px"] - exact).mean().item()
     assert gaps[1] < -0.5  # E[log p^] < log p(x): biased low
     assert gaps[1] < gaps[10] < gaps[3000]
@@ -73,7 +73,7 @@ def test_wrong_guide_is_low_for_small_k_and_converges_as_k_grows():
 def test_ordering_elbo_iwae_log_px():
     lg = LinearGaussian(noise=0.7)
     x = lg.data(30)
-    result = summarize(estimate_log_likelihood(lg.model, lg.wrong_guide, x, 500, iwae_k=10), 500)
+    result = summarize(estimate_per_item(lg.model, lg.wrong_guide, x, 500, iwae_k=10), 500)
     assert result["elbo_mean"] < result["iwae_mean"] < result["log_px_mean"]
     assert result["log_px_mean"] <= lg.exact_log_px(x).mean().item() + 0.01
 
@@ -84,7 +84,7 @@ def test_chunking_does_not_change_the_result(memory_mb, batch_size):
     lg = LinearGaussian()
     x = lg.data(7)
     plan = plan_chunks(64, 7, 1024, memory_mb, batch_size)
-    result = estimate_log_likelihood(lg.model, lg.exact_guide, x, 64, batch_size=batch_size,
+    result = estimate_per_item(lg.model, lg.exact_guide, x, 64, batch_size=batch_size,
                                      max_memory_mb=memory_mb, bytes_per_row=1024, iwae_k=8)
     for name in ("log_px", "elbo", "iwae"):
         assert torch.allclose(result[name], lg.exact_log_px(x), atol=1e-9), (name, plan)
@@ -115,10 +115,10 @@ def test_same_seed_same_numbers_and_caller_rng_untouched():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = estimate_log_likelihood(lg.model, lg.wrong_guide, x, 50, seed=7)
+    a = estimate_per_item(lg.model, lg.wrong_guide, x, 50, seed=7)
     after = torch.rand(1)
-    b = estimate_log_likelihood(lg.model, lg.wrong_guide, x, 50, seed=7)
-    c = estimate_log_likelihood(lg.model, lg.wrong_guide, x, 50, seed=8)
+    b = estimate_per_item(lg.model, lg.wrong_guide, x, 50, seed=7)
+    c = estimate_per_item(lg.model, lg.wrong_guide, x, 50, seed=8)
     assert torch.equal(a["log_px"], b["log_px"]) and not torch.equal(a["log_px"], c["log_px"])
     assert torch.equal(before, after)
 
@@ -151,7 +151,7 @@ def test_bernoulli_vae_matches_quadrature_at_k5000():
         optimizer.step()
     x = x_train[:6]
     exact = quadrature_log_px(vae, x)
-    result = estimate_log_likelihood(vae.model, vae.guide, x, 5000, seed=0)
+    result = estimate_per_item(vae.model, vae.guide, x, 5000, seed=0)
     assert abs((result["log_px"] - exact).mean().item()) < 0.05
     assert (result["elbo"] < exact).all()
 
@@ -159,7 +159,7 @@ def test_bernoulli_vae_matches_quadrature_at_k5000():
 def test_pyro_checks_the_first_chunk_only():
     vae = VAE(latent_dim=2, hidden_dims=(8,), binary_data=True)
     with pytest.raises(ValueError):  # grey levels are outside Bernoulli's support
-        estimate_log_likelihood(vae.model, vae.guide, torch.full((4, 784), 0.5), 3)
+        estimate_per_item(vae.model, vae.guide, torch.full((4, 784), 0.5), 3)
     seen = []
     real_guide = vae.guide
 
@@ -167,6 +167,6 @@ def test_pyro_checks_the_first_chunk_only():
         seen.append(pyro.infer.util.is_validation_enabled())
         real_guide(x)
     images = torch.bernoulli(torch.full((4, 784), 0.3))
-    estimate_log_likelihood(vae.model, guide, images, 6, batch_size=2, max_memory_mb=1e-9)
+    estimate_per_item(vae.model, guide, images, 6, batch_size=2, max_memory_mb=1e-9)
     assert seen[0] and not any(seen[1:]) and len(seen) == 24  # 4 one-image x 6 one-sample chunks
     assert pyro.infer.util.is_validation_enabled()  # and the caller's setting is back

@@ -10,7 +10,7 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro_vae.cli import UsageError
 from pyro_vae.marginal import log_importance_weights
 from pyro_vae.model import VAE
-from pyro_vae.objectives import OBJECTIVES, make_elbo
+from pyro_vae.objectives import OBJECTIVES, make_elbo, register_objective
 from pyro_vae.trainer import TrainConfig, make_optimizer, make_step
 
 
@@ -139,9 +139,32 @@ def test_trace_scales_masks_and_refuses_score_function_guides(validate):
 
 
 def test_registry_refuses_bad_input():
-    with pytest.raises(UsageError, match="unknown --elbo"):
+    with pytest.raises(ValueError, match="unknown objective"):
         make_elbo("kl")
-    with pytest.raises(UsageError, match="positive"):
+    with pytest.raises(ValueError, match="positive"):
         make_elbo("trace", 0)
     with pytest.raises(UsageError, match="alpha 1"):
         make_elbo("renyi", 2, alpha=1.0)
+    with pytest.raises(ValueError, match="already registered"):
+        register_objective("trace", make_elbo)
+    with pytest.raises(TypeError, match="callable"):
+        register_objective("new", 3)
+
+
+def test_a_registered_objective_is_made_by_name_with_every_setting():
+    seen = {}
+
+    def factory(**settings):
+        seen.update(settings)
+        return make_elbo("trace", settings["num_particles"], settings["vectorize"],
+                         max_plate_nesting=settings["max_plate_nesting"])
+
+    register_objective("my-trace", factory)
+    try:
+        elbo = make_elbo("my-trace", 3, max_plate_nesting=2, beta=0.5)
+        assert elbo.num_particles == 3 and elbo.max_plate_nesting == 2
+        assert seen == {"num_particles": 3, "vectorize": False, "jit": False, "max_plate_nesting": 2, "beta": 0.5}
+        from pyro_vae.train import build_parser
+        assert "my-trace" in build_parser().parse_args(["--elbo", "my-trace"]).elbo
+    finally:
+        del OBJECTIVES["my-trace"]

@@ -1,0 +1,24 @@
+"""The code in docs/api.md runs as written and prints what it says."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_the_api_page_runs():
+    text = (DOCS / "api.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "docs/api.md", "exec"), {"__name__": "docs_api"})
+    lines = printed.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["trace L=1", "iwae L=5", "truth"]
+    numbers = [float(re.search(r"(-?\d+\.\d+) nats", line).group(1)) for line in lines]
+    log_px = [float(re.search(r"log p\(x\) (-?\d+\.\d+)", line).group(1)) for line in lines[:2]]
+    truth = numbers[2]
+    for estimate, elbo in zip(log_px, numbers[:2]):
+        assert elbo < estimate < truth + 0.3  # trained models close to, and not far above, the truth
+        assert estimate > truth - 1.0
