@@ -34,7 +34,9 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .distributed import World, gather_objects
-from .objectives import MAX_PLATE_NESTING
+
+MAX_PLATE_NESTING = 1  # the seed VAE's: its data plate; vectorized particles live at dim -2
+
 
 def log_importance_weights(model: Callable, guide: Callable, data: torch.Tensor, num_samples: int,
                            *args, max_plate_nesting: int = MAX_PLATE_NESTING, **kwargs) -> torch.Tensor:
@@ -57,9 +59,11 @@ def log_importance_weights(model: Callable, guide: Callable, data: torch.Tensor,
 
 
 def per_item_log_density(site: dict, name: str, program: str, num_samples: int, batch: int,
-                         max_plate_nesting: int) -> torch.Tensor:
+                         max_plate_nesting: int, full_weight: bool = True) -> torch.Tensor:
     """A site's log-density as a (num_samples, batch) tensor: summed over the plates inside the
-    data plate; a ValueError naming the site if it is not a per-item term."""
+    data plate; a ValueError naming the site if it is not a per-item term. ``full_weight``
+    refuses a scaled site (log p(x) needs every term at full weight; a training objective may
+    take a subsampled plate's scale)."""
     data_dim = -max_plate_nesting
     where = f"{program} site {name!r}"
     plates = [f for f in site["cond_indep_stack"] if f.name != "particles"]
@@ -70,7 +74,7 @@ def per_item_log_density(site: dict, name: str, program: str, num_samples: int, 
                          "log-density, so log p(x) cannot be estimated item by item. Put every site "
                          "in the data plate, the outermost plate, and set max_plate_nesting to the "
                          "number of nested plates")
-    if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
+    if full_weight and not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
         raise ValueError(f"{where} is scaled by {site['scale']} (a subsampled plate, or poutine.scale): "
                          "log p(x) needs every term at full weight")
     log_prob = site["log_prob"]

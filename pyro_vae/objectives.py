@@ -8,6 +8,13 @@
 ``iwae``       the importance-weighted bound of Burda et al. with k = L samples per image:
                log (1/L) sum_l w_l, w_l = p(x, z_l) / q(z_l|x); Renyi's bound at alpha = 0.
 ``renyi``      Li & Turner's Renyi bound, 1/(1-alpha) log (1/L) sum_l w_l^(1-alpha) (``--alpha``).
+``stl``        the ELBO with q at stopped parameters: Roeder et al.'s "sticking the landing".
+``dreg``       the IWAE bound with Tucker et al.'s doubly reparameterized guide gradient.
+``miwae``      the mean of M IWAE bounds of K = L samples (``--num-estimates M``).
+``ciwae``      beta * ELBO + (1 - beta) * IWAE_K on the same samples (``--beta``).
+``piwae``      the model trained on IWAE with M*K samples, the guide on MIWAE(M, K).
+
+The last five are in estimators.py, with their math; they always draw particles vectorized.
 
 Each entry maps (particles L, vectorized or not, jit or not, max_plate_nesting, options) to a
 Pyro ELBO instance. :func:`register_objective` adds one, and ``--elbo`` lists what is registered.
@@ -34,9 +41,10 @@ from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, tor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from . import estimators
 from .cli import UsageError
+from .marginal import MAX_PLATE_NESTING
 
-MAX_PLATE_NESTING = 1  # the "data" plate; vectorized particles live at dim -2
 
 
 class SyncFreeTrace_ELBO(Trace_ELBO):
@@ -168,11 +176,49 @@ def _iwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int
     return _renyi(num_particles, vectorize, jit, max_plate_nesting, alpha=0.0)
 
 
+def _no_jit(name: str, jit: bool) -> None:
+    if jit:
+        raise UsageError(f"--jit is not available for the {name} estimator")
+
+
+def _stl(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING, **_) -> ELBO:
+    _no_jit("stl", jit)
+    return estimators.STL_ELBO(num_particles, max_plate_nesting=max_plate_nesting)
+
+
+def _dreg(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING, **_) -> ELBO:
+    _no_jit("dreg", jit)
+    return estimators.DReG_IWAE(num_particles, max_plate_nesting=max_plate_nesting)
+
+
+def _miwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+           num_estimates: int = 1, **_) -> ELBO:
+    _no_jit("miwae", jit)
+    return estimators.MIWAE(num_particles, num_estimates, max_plate_nesting=max_plate_nesting)
+
+
+def _piwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+           num_estimates: int = 1, **_) -> ELBO:
+    _no_jit("piwae", jit)
+    return estimators.PIWAE(num_particles, num_estimates, max_plate_nesting=max_plate_nesting)
+
+
+def _ciwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
+           beta: float = 0.5, **_) -> ELBO:
+    _no_jit("ciwae", jit)
+    return estimators.CIWAE(num_particles, beta, max_plate_nesting=max_plate_nesting)
+
+
 OBJECTIVES: dict[str, Callable[..., ELBO]] = {
     "trace": _trace,
     "meanfield": _meanfield,
     "iwae": _iwae,
     "renyi": _renyi,
+    "stl": _stl,
+    "dreg": _dreg,
+    "miwae": _miwae,
+    "ciwae": _ciwae,
+    "piwae": _piwae,
 }
 
 

@@ -19,6 +19,8 @@ from .trainer import (LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted,
 from . import distributed, runs
 
 DEFAULTS = TrainConfig()
+# the estimators' own options, kept in TrainConfig.extra: flag -> the estimators that take it
+ESTIMATOR_OPTIONS = {"alpha": ("renyi",), "num_estimates": ("miwae", "piwae"), "beta": ("ciwae",)}
 
 
 def build_parser() -> ArgumentParser:
@@ -38,6 +40,10 @@ def build_parser() -> ArgumentParser:
                            help="draw the L particles in one batched pass instead of a Python loop")
     objective.add_argument("--alpha", type=float,
                            help="Renyi's alpha for --elbo renyi (default 0.5; 0 is iwae, 1 the ELBO)")
+    objective.add_argument("--num-estimates", type=positive_int,
+                           help="M, the IWAE estimates averaged by --elbo miwae and piwae (default 1)")
+    objective.add_argument("--beta", type=float,
+                           help="ELBO's weight in --elbo ciwae's beta*ELBO + (1-beta)*IWAE (default 0.5)")
     objective.add_argument("--jit", action="store_true", default=None,
                            help="use Pyro's Jit* variant of the estimator")
     data = p.add_argument_group("data")
@@ -85,20 +91,26 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
         if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
             raise UsageError(f"{args.run_dir} is a file, not a run directory")
         stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
+        given.update({k: getattr(args, k) for k in ESTIMATOR_OPTIONS if getattr(args, k) is not None})
+        stored = {**stored, **stored.get("extra", {})}
         changed = sorted(k for k, v in given.items()
                          if k not in RESUMABLE_SETTINGS and differs(v, stored.get(k)))
         if changed:
             raise UsageError(f"a resumed run keeps its settings; drop --{changed[0].replace('_', '-')} "
                              f"(the run has {stored.get(changed[0])!r})")
         # the folder given is the run: the stored run_dir is where it was written, not a target
-        config = TrainConfig(**{**stored, **{k: v for k, v in given.items() if k in RESUMABLE_SETTINGS},
+        config = TrainConfig(**{**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__},
+                                **{k: v for k, v in given.items() if k in RESUMABLE_SETTINGS},
                                 "run_dir": args.run_dir})
     else:
         config = TrainConfig(**given)
-        if args.alpha is not None:
-            if config.elbo != "renyi":
-                raise UsageError("--alpha applies only to --elbo renyi")
-            config.extra = {"alpha": args.alpha}
+        for option, estimators in ESTIMATOR_OPTIONS.items():
+            if getattr(args, option) is not None:
+                if config.elbo not in estimators:
+                    raise UsageError(f"--{option.replace('_', '-')} applies only to --elbo {' and '.join(estimators)}")
+                config.extra[option] = getattr(args, option)
+        if not 0 <= config.extra.get("beta", 0) <= 1:
+            raise UsageError(f"--beta must be in [0, 1], got {config.extra['beta']}")
     if config.run_dir is None:
         config.run_dir = str(Path("runs") / (f"{config.dataset}-{config.elbo}-L{config.num_particles}"
                                              f"-J{config.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"))

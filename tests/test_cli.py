@@ -49,6 +49,10 @@ def test_train_end_to_end_writes_the_run(data_dir, tmp_path):
     (["--data-dir", "/nonexistent/data"], "not a directory"),
     (["--binarize", "dynamic", "--dataset", "binarized-mnist"], "already binary"),
     (["--resume"], "--run-dir"),
+    (["--beta", "0.5"], "--beta applies only to --elbo ciwae"),
+    (["--elbo", "ciwae", "--beta", "2"], "--beta must be in [0, 1]"),
+    (["--elbo", "iwae", "--num-estimates", "2"], "--num-estimates applies only to --elbo miwae and piwae"),
+    (["--elbo", "dreg", "--jit"], "--jit is not available for the dreg estimator"),
 ])
 def test_bad_train_flags_give_one_line_and_exit_2(flags, message, tmp_path, capsys, data_dir,
                                                   monkeypatch):

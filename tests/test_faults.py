@@ -13,7 +13,7 @@ import pytest
 
 from pyro_vae import runs, train
 from pyro_vae.runs import claim_run_dir, load_checkpoint, read_metrics, save_checkpoint
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 from tests.test_cli import call
 from tests.test_reliability import without_timing
 
@@ -82,7 +82,7 @@ def test_a_trainer_whose_disk_fills_up_stops_in_one_line_and_resumes(tmp_path, d
     assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2, 3]
 
 
-def test_a_real_full_disk_in_a_small_tmpfs(tmp_path, data_dir):
+def test_a_real_full_disk_in_a_small_tmpfs(tmp_path, data_dir, monkeypatch, capsys):
     """The same on a real file system that fills up: a 3 MB tmpfs holds one checkpoint of this net
     (about 1.9 MB) but not a second beside it. Needs a private mount namespace (root)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
@@ -105,9 +105,9 @@ def test_a_real_full_disk_in_a_small_tmpfs(tmp_path, data_dir):
     assert err.count("\n") == 1 and "No space left on device" in err, err
     assert load_checkpoint(saved / "checkpoint.pt")["epoch"] == 1
     assert not [p for p in saved.iterdir() if p.name.endswith(".tmp")]
-    resumed = run_cli("pyro_vae.train", "--run-dir", str(saved), "--resume", "--no-progress",
-                      env={"PYRO_VAE_DATA": str(data_dir)})
-    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    status, err = call(train.main, ["--run-dir", str(saved), "--resume", "--no-progress"], capsys)
+    assert status == 0, err
     assert [row["epoch"] for row in read_metrics(saved / "metrics.csv")] == [1, 2, 3]
 
 
