@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +26,44 @@ TRAINING_DEFAULTS = {"epochs": 5, "wall_seconds": None, "train_size": None, "eva
 DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
 
 
-def parse_estimators(text: str) -> list[tuple[str, int]]:
-    """'trace:1,iwae:5' -> [('trace', 1), ('iwae', 5)]."""
+MULTI_ESTIMATE = ("miwae", "piwae")  # NAME:MxK, M estimates of K samples
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One entry of --estimators: an objective, its K samples per estimate and M estimates."""
+
+    name: str
+    particles: int
+    estimates: int = 1
+
+    @property
+    def samples(self) -> int:
+        """Draws of z per image: M·K."""
+        return self.estimates * self.particles
+
+    @property
+    def label(self) -> str:
+        if self.name in MULTI_ESTIMATE:
+            return f"{self.name} M={self.estimates} K={self.particles}"
+        return f"{self.name} {'L' if self.name in ('trace', 'meanfield', 'stl') else 'K'}={self.particles}"
+
+    def make_elbo(self):
+        from .objectives import make_elbo
+
+        options = {"num_estimates": self.estimates} if self.name in MULTI_ESTIMATE else {}
+        return make_elbo(self.name, self.particles, vectorize=self.samples > 1, **options)
+
+    def train_settings(self) -> dict:
+        """The TrainConfig fields that make this estimator."""
+        extra = {"num_estimates": self.estimates} if self.name in MULTI_ESTIMATE else {}
+        return {"elbo": self.name, "num_particles": self.particles, "vectorize_particles": self.samples > 1,
+                "extra": extra}
+
+
+def parse_estimators(text: str) -> list[Estimator]:
+    """'trace:1,iwae:5,miwae:10x5' -> estimators; NAME:MxK for miwae and piwae (M estimates of
+    K samples each), NAME:K for the others."""
     from .objectives import OBJECTIVES
 
     specs = []
@@ -34,18 +71,18 @@ def parse_estimators(text: str) -> list[tuple[str, int]]:
         name, _, particles = item.strip().partition(":")
         if name not in OBJECTIVES:
             raise UsageError(f"unknown estimator {name!r} in --estimators; choose from {', '.join(OBJECTIVES)}")
+        estimates, _, count = particles.rpartition("x") if "x" in particles else ("1", "", particles)
+        if estimates != "1" and name not in MULTI_ESTIMATE:
+            raise UsageError(f"--estimators: {item!r}: only {' and '.join(MULTI_ESTIMATE)} take MxK")
         try:
-            count = int(particles or 1)
+            estimator = Estimator(name, int(count or 1), int(estimates))
         except ValueError:
-            raise UsageError(f"--estimators: {item!r} should be NAME:PARTICLES, e.g. iwae:5") from None
-        if count < 1:
+            raise UsageError(f"--estimators: {item!r} should be NAME:K, or NAME:MxK for "
+                             f"{' and '.join(MULTI_ESTIMATE)}, e.g. iwae:5, miwae:10x5") from None
+        if estimator.particles < 1 or estimator.estimates < 1:
             raise UsageError(f"--estimators: particles must be positive in {item!r}")
-        specs.append((name, count))
+        specs.append(estimator)
     return specs
-
-
-def label(name: str, particles: int) -> str:
-    return f"{name} {'K' if name == 'iwae' else 'L'}={particles}"
 
 
 def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progress: bool = True) -> list[dict]:
@@ -55,12 +92,11 @@ def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progre
     from tqdm.auto import tqdm
 
     from .gradients import gradient_moments, snr_summary
-    from .objectives import make_elbo
 
     rows = []
     groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder.parameters())}
-    for name, particles in tqdm(specs, desc="estimators", disable=None if progress else True):
-        elbo = make_elbo(name, particles, vectorize=particles > 1)
+    for spec in tqdm(specs, desc="estimators", disable=None if progress else True):
+        elbo = spec.make_elbo()
         pyro.set_rng_seed(seed)
         with torch.no_grad():  # one call per image: the per-image value of the bound
             values = torch.tensor([-elbo.differentiable_loss(vae.model, vae.guide, x[None]).item()
@@ -70,7 +106,8 @@ def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progre
         moments = gradient_moments(lambda: elbo.differentiable_loss(vae.model, vae.guide, batch),
                                    groups, repeats)
         seconds = (time.perf_counter() - started) / repeats
-        row = {"estimator": name, "particles": particles, "label": label(name, particles),
+        row = {"estimator": spec.name, "particles": spec.particles, "estimates": spec.estimates,
+               "samples": spec.samples, "label": spec.label,
                "bound_mean": values.mean().item(),
                "bound_stderr": values.std().item() / math.sqrt(len(values)),
                "ms_per_gradient": 1e3 * seconds}
@@ -92,6 +129,34 @@ def fixed_model_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def snr_slopes(rows: list[dict]) -> list[dict]:
+    """Per estimator with three or more sample counts: the least-squares slope of log SNR
+    (median over parameters) against log samples per image, for the encoder and the decoder.
+    Rainforth et al. (2018): about -1/2 for IWAE's encoder and +1/2 for its decoder; Tucker
+    et al. (2018): about +1/2 for DReG's encoder."""
+    slopes = []
+    for family in dict.fromkeys(r["estimator"] for r in rows):
+        points = [r for r in rows if r["estimator"] == family]
+        if len({r["samples"] for r in points}) < 3:
+            continue
+        x = [math.log(r["samples"]) for r in points]
+        row = {"estimator": family, "samples": [r["samples"] for r in points]}
+        for group in ("encoder", "decoder"):
+            y = [math.log(r[f"{group}_snr_median"]) for r in points]
+            mx, my = sum(x) / len(x), sum(y) / len(y)
+            row[f"{group}_slope"] = (sum((a - mx) * (b - my) for a, b in zip(x, y))
+                                     / sum((a - mx) ** 2 for a in x))
+        slopes.append(row)
+    return slopes
+
+
+def slopes_table(slopes: list[dict]) -> str:
+    lines = ["| estimator | samples per image | encoder SNR slope | decoder SNR slope |", "|---|---|---:|---:|"]
+    lines += [f"| {s['estimator']} | {', '.join(map(str, s['samples']))} | {s['encoder_slope']:+.2f} | "
+              f"{s['decoder_slope']:+.2f} |" for s in slopes]
+    return "\n".join(lines)
+
+
 def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
     from .plots import plt, save_figure
 
@@ -100,10 +165,10 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for fam in families:
         pts = [r for r in rows if r["estimator"] == fam]
-        ax.errorbar([r["particles"] for r in pts], [r["bound_mean"] for r in pts],
+        ax.errorbar([r.get("samples", r["particles"]) for r in pts], [r["bound_mean"] for r in pts],
                     yerr=[r["bound_stderr"] for r in pts], marker="o", capsize=3, label=fam)
     ax.set_xscale("log")
-    ax.set_xlabel("particles L (samples K for iwae)")
+    ax.set_xlabel("samples of z per image (L, K, or M·K)")
     ax.set_ylabel("bound on log p(x) (nats/image)")
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -112,12 +177,13 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
     for ax, group in zip(axes, ("encoder", "decoder")):
         for fam in families:
             pts = [r for r in rows if r["estimator"] == fam]
-            ax.plot([r["particles"] for r in pts], [r[f"{group}_snr_median"] for r in pts], marker="o", label=fam)
+            ax.plot([r.get("samples", r["particles"]) for r in pts], [r[f"{group}_snr_median"] for r in pts],
+                    marker="o", label=fam)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{group} ({'guide' if group == 'encoder' else 'model'}) gradient SNR, median over parameters",
                      fontsize=9)
-        ax.set_xlabel("particles L (samples K for iwae)")
+        ax.set_xlabel("samples of z per image (L, K, or M·K)")
         ax.grid(True, alpha=0.3)
         ax.legend()
     save_figure(fig, paths[1])
@@ -149,15 +215,19 @@ def _run_fixed_model(args, run_dir: Path, out: Path, device) -> None:
     settings = {"mode": "fixed-model", "run_dir": str(run_dir), "num_images": len(images),
                 "grad_batch": len(batch), "repeats": args.repeats, "seed": args.seed,
                 "device": str(device), "torch_threads": torch.get_num_threads()}
-    runs.write_json(out / "comparison.json", {"settings": settings, "estimators": rows})
+    slopes = snr_slopes(rows)
+    runs.write_json(out / "comparison.json", {"settings": settings, "estimators": rows, "snr_slopes": slopes})
     figures = plot_fixed_model(rows, out)
     table = fixed_model_table(rows)
+    fitted = (f"\n\nSlope of log SNR against log samples per image (least squares):\n\n{slopes_table(slopes)}"
+              if slopes else "")
     (out / "comparison.md").write_text(
         f"# Estimator comparison on a fixed model\n\nModel: `{run_dir}`; bound over the first "
         f"{len(images)} test images (mean ± standard error); gradient statistics over {args.repeats} "
-        f"draws on a fixed batch of {len(batch)} test images.\n\n{table}\n\n"
+        f"draws on a fixed batch of {len(batch)} test images; {settings['torch_threads']} torch "
+        f"thread(s) on {device}.\n\n{table}{fitted}\n\n"
         + "".join(f"![{f.stem}]({f.name})\n" for f in figures))
-    print(table)
+    print(table + fitted)
     print(f"wrote {out}/comparison.md, comparison.json, {', '.join(f.name for f in figures)}")
 
 
@@ -187,15 +257,16 @@ def _run_training(args, out: Path, device) -> None:
         budgets.append(("time", {"epochs": 10_000, "max_seconds": args.wall_seconds}))
     results = []
     for budget, limits in budgets:
-        for name, particles in args.specs:
-            tag = f"{name}-{particles}-{budget}"
-            config = TrainConfig(**base, **limits, elbo=name, num_particles=particles,
-                                 vectorize_particles=particles > 1, run_dir=str(out / tag))
+        for spec in args.specs:
+            tag = f"{spec.name}-{spec.estimates}x{spec.particles}-{budget}" if spec.estimates > 1 else \
+                f"{spec.name}-{spec.particles}-{budget}"
+            config = TrainConfig(**base, **limits, **spec.train_settings(), run_dir=str(out / tag))
             resume = (out / tag / runs.CHECKPOINT_FILE).exists()  # an interrupted comparison goes on
-            print(f"--- {label(name, particles)}, budget: {budget}")
+            print(f"--- {spec.label}, budget: {budget}")
             report = train_and_report(config, resume=resume, progress=not args.no_progress, dataset=data)
             history, evaluation = report["history"], report["eval"] or {"summary": {}}
-            results.append({"estimator": name, "particles": particles, "label": label(name, particles),
+            results.append({"estimator": spec.name, "particles": spec.particles, "estimates": spec.estimates,
+                            "label": spec.label,
                             "budget": budget, "epochs": len(history),
                             "train_seconds": sum(r["epoch_seconds"] for r in history),
                             "final_test_elbo": history[-1]["test_elbo"],

@@ -62,9 +62,12 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(small_model):
 
 def test_fixed_model_scores_every_estimator(small_model):
     vae, x = small_model
-    specs = compare.parse_estimators("trace:1,meanfield:1,iwae:5")
+    specs = compare.parse_estimators("trace:1,meanfield:1,iwae:5,stl:1,dreg:5,miwae:2x3,piwae:2x3,ciwae:5")
     rows = compare.score_fixed_model(vae, x[:4], x, specs, repeats=5, seed=0, progress=False)
-    assert [r["label"] for r in rows] == ["trace L=1", "meanfield L=1", "iwae K=5"]
+    assert [r["label"] for r in rows] == ["trace L=1", "meanfield L=1", "iwae K=5", "stl L=1", "dreg K=5",
+                                          "miwae M=2 K=3", "piwae M=2 K=3", "ciwae K=5"]
+    assert [r["samples"] for r in rows] == [1, 1, 5, 1, 5, 6, 6, 5]
+    assert rows[4]["bound_mean"] == pytest.approx(rows[2]["bound_mean"], abs=1e-4)  # dreg's bound is IWAE's
     for r in rows:
         assert r["encoder_num_parameters"] == sum(p.numel() for p in vae.encoder.parameters())
         assert r["decoder_snr_median"] > 0 and r["ms_per_gradient"] > 0
@@ -78,9 +81,21 @@ def test_fixed_model_scores_every_estimator(small_model):
     ([], "either RUN_DIR"),
     (["/nonexistent/run"], "not a directory"),
     (["--train", "--repeats", "5"], "--repeats applies only to fixed-model mode"),
+    (["--train", "--estimators", "iwae:2x3"], "only miwae and piwae take MxK"),
+    (["--train", "--estimators", "miwae:ax3"], "NAME:MxK"),
     ([".", "--epochs", "3"], "--epochs applies only to training mode"),
     ([".", "--hidden-dims", "10"], "--hidden-dims applies only to training mode"),
 ])
 def test_bad_compare_input(argv, message, capsys):
     status, err = call(compare.main, argv, capsys)
     assert status == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_snr_slopes_recover_known_power_laws():
+    rows = [{"estimator": "iwae", "samples": k, "encoder_snr_median": 3 * k ** -0.5, "decoder_snr_median": k ** 0.5}
+            for k in (1, 5, 10, 50)] + [{"estimator": "trace", "samples": 1, "encoder_snr_median": 1.0,
+                                         "decoder_snr_median": 1.0}]
+    (slopes,) = compare.snr_slopes(rows)  # trace has one point: no slope
+    assert slopes["estimator"] == "iwae"
+    assert slopes["encoder_slope"] == pytest.approx(-0.5) and slopes["decoder_slope"] == pytest.approx(0.5)
+    assert "-0.50" in compare.slopes_table([slopes])
