@@ -2,9 +2,9 @@
 compare ELBO estimators and score log p(x) on any Pyro model and guide."""
 
 from .marginal import LogLikelihood, estimate_log_likelihood
-from .model import VAE
+from .model import VAE, TwoLayerVAE
 from .objectives import make_elbo, register_objective
 from .runs import load_run
 
-__all__ = ["VAE", "LogLikelihood", "estimate_log_likelihood", "load_run", "make_elbo", "register_objective"]
+__all__ = ["VAE", "TwoLayerVAE", "LogLikelihood", "estimate_log_likelihood", "load_run", "make_elbo", "register_objective"]
 __version__ = "0.1.0"

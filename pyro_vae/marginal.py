@@ -151,9 +151,12 @@ def plan_chunks(num_samples: int, num_images: int, bytes_per_row: int, max_memor
     return ChunkPlan(images, samples)
 
 
-def vae_bytes_per_row(vae) -> int:
+def vae_bytes_per_row(vae) -> int | None:
     """Memory per (image, sample) row of one forward pass of the VAE's decoder and likelihood,
-    float32, with the temporaries of the Bernoulli log-density (about 4 x 784 floats)."""
+    float32, with the temporaries of the Bernoulli log-density (about 4 x 784 floats). None for
+    another model: its rows are measured on a first chunk."""
+    if not hasattr(vae, "hidden_dims"):
+        return None
     pixels = vae.decoder.logits.out_features
     return 4 * (3 * vae.latent_dim + 2 * sum(vae.hidden_dims) + 4 * pixels)
 
@@ -242,13 +245,10 @@ def estimate_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor
         raise ValueError(f"max_plate_nesting must be at least 1 (the data plate), got {max_plate_nesting}")
     if len(data) == 0:
         raise ValueError("data holds no items")
-    with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        bytes_per_row = measured_bytes_per_row(model, guide, data, args, kwargs, max_plate_nesting)
     per_item = estimate_per_item(model, guide, data, num_samples, args=args, kwargs=kwargs,
                                  max_plate_nesting=max_plate_nesting, batch_size=batch_size,
                                  max_memory_mb=max_memory_mb, seed=seed, iwae_k=iwae_k,
-                                 bytes_per_row=bytes_per_row)
+                                 bytes_per_row=None)  # measured on a first chunk
     return LogLikelihood(**per_item, num_samples=num_samples, iwae_k=min(iwae_k, num_samples))
 
 
@@ -256,7 +256,7 @@ def estimate_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor
 def estimate_per_item(model: Callable, guide: Callable, images: torch.Tensor, num_samples: int, *,
                       args: tuple = (), kwargs: dict | None = None, max_plate_nesting: int = MAX_PLATE_NESTING,
                       batch_size: int = 100, max_memory_mb: float = 1024.0, seed: int = 0,
-                      iwae_k: int = 50, bytes_per_row: int = 16_384, progress: bool = False,
+                      iwae_k: int = 50, bytes_per_row: int | None = 16_384, progress: bool = False,
                       world: World | None = None) -> dict[str, torch.Tensor]:
     """Per-item log p^(x), ELBO, IWAE_k bound and ESS (float64 tensors of len(images)): the
     engine of :func:`estimate_log_likelihood`, with the chunk size given and across ranks.
@@ -265,12 +265,17 @@ def estimate_per_item(model: Callable, guide: Callable, images: torch.Tensor, nu
     ``batch_seed(seed, index)`` inside a forked RNG, so the caller's random stream is untouched
     and a given seed gives the same numbers. With a ``world`` of several ranks, batch i goes to
     rank i mod size and every rank returns the gathered result: the same numbers as one process.
+    ``bytes_per_row=None`` measures the memory of a row on a first small chunk.
     """
     world = world or World()
     kwargs = kwargs or {}
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     iwae_k = min(iwae_k, num_samples)
+    if bytes_per_row is None:
+        with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+            torch.manual_seed(seed)  # a measurement that draws the same samples every time
+            bytes_per_row = measured_bytes_per_row(model, guide, images, args, kwargs, max_plate_nesting)
     plan = plan_chunks(num_samples, len(images), bytes_per_row, max_memory_mb, batch_size)
     parts: list[tuple[int, dict[str, torch.Tensor]]] = []
     devices = [images.device] if images.device.type == "cuda" else []

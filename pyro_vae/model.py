@@ -124,3 +124,52 @@ class VAE(nn.Module):
         """Pixel means p(x=1|z) for z drawn from the prior."""
         device = next(self.parameters()).device
         return torch.sigmoid(self.decoder(torch.randn(num, self.latent_dim, device=device)))
+
+
+class TwoLayerVAE(nn.Module):
+    """Burda et al.'s (2016) VAE with two stochastic layers, a second Pyro program with two
+    latent sites:
+
+        p(z2) = N(0, I_50)       p(z1|z2) = N(mu(z2), sigma(z2))   z2 -> 100 -> 100 tanh -> z1 (100)
+        p(x|z1) = Bernoulli(sigmoid(f(z1)))                          z1 -> 200 -> 200 tanh -> 784
+        q(z1|x) = N(mu(x), sigma(x))       x -> 200 -> 200 tanh -> z1
+        q(z2|z1) = N(mu(z1), sigma(z1))    z1 -> 100 -> 100 tanh -> z2
+    """
+
+    latent_dims = (100, 50)
+
+    def __init__(self, binary_data: bool = True):
+        super().__init__()
+        self.binary_data = binary_data
+        self.latent_dim = self.latent_dims[-1]  # the top layer, the one the prior is on
+        self.encoder = nn.ModuleDict({"z1": Encoder(100, (200, 200)), "z2": Encoder(50, (100, 100), input_dim=100)})
+        self.decoder = nn.ModuleDict({"z1": Encoder(100, (100, 100), input_dim=50), "x": Decoder(100, (200, 200))})
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0], device=x.device):
+            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(50), x.new_ones(50)).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(*self.decoder["z1"](z2)).to_event(1))
+            validate = None if self.binary_data else False
+            pyro.sample("x", BernoulliPixels(self.decoder["x"](z1), validate_args=validate), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0], device=x.device):
+            z1 = pyro.sample("z1", dist.Normal(*self.encoder["z1"](x)).to_event(1))
+            pyro.sample("z2", dist.Normal(*self.encoder["z2"](z1)).to_event(1))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel means p(x=1|z1) at z1 = the encoder's mean."""
+        return torch.sigmoid(self.decoder["x"](self.encoder["z1"](x)[0]))
+
+    @torch.no_grad()
+    def sample_images(self, num: int) -> torch.Tensor:
+        """Pixel means p(x=1|z1) for z2 from the prior and z1 at its conditional mean."""
+        device = next(self.parameters()).device
+        z1 = self.decoder["z1"](torch.randn(num, self.latent_dim, device=device))[0]
+        return torch.sigmoid(self.decoder["x"](z1))
+
+
+MODELS = ("vae", "burda2")  # --model: the seed's VAE (its size set by flags), Burda et al.'s two-layer net

@@ -26,7 +26,7 @@ import pyro
 import torch
 
 from .cli import UsageError
-from .model import VAE
+from .model import VAE, TwoLayerVAE
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"  # held (flock) by the one process writing the run; holds its PID
@@ -259,7 +259,10 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
 
 
-def build_vae(config: dict) -> VAE:
+def build_vae(config: dict) -> VAE | TwoLayerVAE:
+    """The model a run's config names (runs written before --model existed are the seed's VAE)."""
+    if config.get("model", "vae") == "burda2":
+        return TwoLayerVAE(binary_data=config["binarize"] != "none")
     return VAE(
         latent_dim=config["latent_dim"],
         hidden_dims=config["hidden_dims"],

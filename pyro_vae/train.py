@@ -13,6 +13,7 @@ from typing import Sequence
 
 from .cli import ArgumentParser, UsageError, non_negative_int, positive_float, positive_int, run_main
 from .data import BINARIZATIONS, DATASETS
+from .model import MODELS, TwoLayerVAE
 from .objectives import OBJECTIVES
 from .trainer import (LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, differs,
                       train)
@@ -28,6 +29,9 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m pyro_vae.train", description=__doc__.split("\n\n")[0])
     # Flags default to None so that a resumed run can tell which ones were given.
     model = p.add_argument_group("model")
+    model.add_argument("--model", choices=MODELS,
+                       help="vae: the seed's VAE, sized by --latent-dim and --hidden-dims; burda2: Burda et "
+                            "al.'s two stochastic layers, 784-200-200-100-100-50 (default vae)")
     model.add_argument("--latent-dim", type=positive_int, help=f"J, size of z (default {d.latent_dim})")
     model.add_argument("--hidden-dims", type=positive_int, nargs="+", metavar="H",
                        help="tanh hidden layers of the encoder, mirrored by the decoder "
@@ -93,6 +97,7 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
         stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
         given.update({k: getattr(args, k) for k in ESTIMATOR_OPTIONS if getattr(args, k) is not None})
         stored = {**stored, **stored.get("extra", {})}
+        stored = {**DEFAULTS.to_dict(), **stored}  # a setting added since the run was made had its default
         changed = sorted(k for k, v in given.items()
                          if k not in RESUMABLE_SETTINGS and differs(v, stored.get(k)))
         if changed:
@@ -104,6 +109,11 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
                                 "run_dir": args.run_dir})
     else:
         config = TrainConfig(**given)
+        if config.model == "burda2":
+            fixed = [flag for flag in ("latent_dim", "hidden_dims") if flag in given]
+            if fixed:
+                raise UsageError(f"--{fixed[0].replace('_', '-')}: --model burda2 has Burda et al.'s sizes")
+            config.latent_dim, config.hidden_dims = TwoLayerVAE.latent_dims[-1], (200, 200)
         for option, estimators in ESTIMATOR_OPTIONS.items():
             if getattr(args, option) is not None:
                 if config.elbo not in estimators:

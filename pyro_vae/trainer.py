@@ -39,6 +39,7 @@ DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
 class TrainConfig:
     """Every setting of a training run; saved as config.json and inside each checkpoint."""
 
+    model: str = "vae"  # or "burda2": Burda et al.'s two stochastic layers (model.MODELS)
     dataset: str = "mnist"
     binarize: str | None = None  # None: the dataset's default (see data.py)
     data_dir: str | None = None
@@ -254,12 +255,13 @@ def refuse_changed_settings(run_dir: Path, stored: dict, config: dict,
                             may_change: Iterable[str] = RESUMABLE_SETTINGS) -> None:
     """A run resumed or re-run keeps its settings: refuse the first one that ``config`` changes.
     (binarize None means the data set's default, which the stored config has resolved.)"""
+    defaults = TrainConfig().to_dict()  # a setting added since the run was made had its default
     for key, value in config.items():
         if key in may_change or key == "versions" or (key == "binarize" and value is None):
             continue
-        if differs(value, stored.get(key)):
+        if differs(value, stored.get(key, defaults.get(key))):
             flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{run_dir} was trained with {flag} {_show(stored.get(key))}, not "
+            raise UsageError(f"{run_dir} was trained with {flag} {_show(stored.get(key, defaults.get(key)))}, not "
                              f"{_show(value)}; a resumed run keeps its settings (use another run "
                              "directory for new ones)")
 
