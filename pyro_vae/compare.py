@@ -44,9 +44,9 @@ class Estimator:
 
     @property
     def label(self) -> str:
-        if self.name in MULTI_ESTIMATE:
-            return f"{self.name} M={self.estimates} K={self.particles}"
-        return f"{self.name} {'L' if self.name in ('trace', 'meanfield', 'stl') else 'K'}={self.particles}"
+        from .objectives import objective_label
+
+        return objective_label(self.name, self.particles, self.estimates)
 
     def make_elbo(self):
         from .objectives import make_elbo

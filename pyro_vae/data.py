@@ -31,12 +31,13 @@ from torchvision import datasets as tv_datasets
 from torchvision.datasets.utils import check_integrity
 
 from .cli import UsageError
+from .model import NUM_PIXELS
+from .seeds import derived_seed
 
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")
 BINARIZATIONS = ("none", "dynamic", "static")
 DEFAULT_BINARIZATION = {"mnist": "none", "fashion-mnist": "none", "binarized-mnist": "static"}
 DEFAULT_VALID_SIZE = 10_000
-NUM_PIXELS = 784
 EVAL_BINARIZATION_SEED = 0  # fixed: dynamically binarized valid/test sets are the same everywhere
 
 _TORCHVISION_CLASSES = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST}
@@ -105,7 +106,7 @@ class Dataset:
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch))
     return torch.randperm(n, generator=generator)
 
 

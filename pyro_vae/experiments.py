@@ -243,11 +243,6 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
 BURDA_NLL = {("trace", 1): 86.76, ("iwae", 5): 85.54}
 
 
-def objective_label(elbo: str, num_particles: int) -> str:
-    """'trace L=1', 'iwae k=5': the estimator and its particle count as the literature writes it."""
-    return f"{elbo} {'k' if elbo == 'iwae' else 'L'}={num_particles}"
-
-
 def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
                    data_dir: str | None = None, progress: bool = True) -> list[dict]:
     """Test NLL by importance sampling (K = num_samples) of each snapshot of a run, written to
@@ -298,6 +293,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
     estimate (square; a triangle for each larger K scored); Burda et al.'s figure for each
     objective shown (dashed, dotted)."""
     from . import runs
+    from .objectives import objective_label
     from .plots import plt, run_title, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8) if len(run_dirs) > 1 else (6.5, 4.2))
@@ -308,7 +304,8 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
         history = runs.read_metrics(run_dir / runs.METRICS_FILE)
         rows = runs.read_metrics(run_dir / runs.CURVE_FILE)
         color = f"C{index}"
-        objective = objective_label(config["elbo"], config["num_particles"])
+        objective = objective_label(config["elbo"], config["num_particles"],
+                                    config.get("extra", {}).get("num_estimates", 1))
         name = f"{objective}, {config['epochs']} epochs"
         ax.plot([r["epoch"] for r in history], [-r["test_elbo"] for r in history], lw=0.8, alpha=0.6,
                 color=color, label=f"{name}: test -ELBO (1 sample)")

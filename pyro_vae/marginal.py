@@ -34,6 +34,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .distributed import World, gather_objects
+from .seeds import derived_seed
 
 MAX_PLATE_NESTING = 1  # the seed VAE's: its data plate; vectorized particles live at dim -2
 
@@ -199,7 +200,7 @@ def _tensors_of(site: dict):
 
 def batch_seed(seed: int, batch_index: int) -> int:
     """The RNG seed of one image batch: a run's figures do not depend on how batches are spread."""
-    return (seed * 1_000_003 + batch_index) % 2**63
+    return derived_seed(seed, batch_index)
 
 
 @dataclass

@@ -222,6 +222,14 @@ OBJECTIVES: dict[str, Callable[..., ELBO]] = {
 }
 
 
+def objective_label(name: str, num_particles: int, num_estimates: int = 1) -> str:
+    """'trace L=1', 'iwae K=5', 'miwae M=2 K=4': an estimator and its sample counts as the
+    literature writes them (L samples of the ELBO, K of an importance-weighted bound)."""
+    if name in ("miwae", "piwae"):
+        return f"{name} M={num_estimates} K={num_particles}"
+    return f"{name} {'L' if name in ('trace', 'meanfield', 'stl') else 'K'}={num_particles}"
+
+
 def make_elbo(name: str, num_particles: int = 1, vectorize: bool = False, jit: bool = False,
               max_plate_nesting: int = MAX_PLATE_NESTING, **options) -> ELBO:
     """The Pyro ELBO registered as ``name`` with L = ``num_particles`` samples per item, drawn in

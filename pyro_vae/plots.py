@@ -24,8 +24,13 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
 
 def run_title(config: dict) -> str:
     """A one-line description of a run for figure titles."""
-    return (f"{config['dataset']} ({config['binarize']}), {config['elbo']} L={config['num_particles']}, "
-            f"J={config['latent_dim']}, hidden {list(config['hidden_dims'])}")
+    from .objectives import objective_label
+
+    objective = objective_label(config["elbo"], config["num_particles"],
+                                config.get("extra", {}).get("num_estimates", 1))
+    net = ("Burda et al.'s two stochastic layers" if config.get("model") == "burda2"
+           else f"J={config['latent_dim']}, hidden {list(config['hidden_dims'])}")
+    return f"{config['dataset']} ({config['binarize']}), {objective}, {net}"
 
 
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:

@@ -30,6 +30,7 @@ from .cli import Interrupted, TrainingFailed, UsageError  # noqa: F401 (Interrup
 from .data import Dataset, load_dataset
 from .model import VAE
 from .objectives import MAX_PLATE_NESTING, make_elbo
+from .seeds import SEED_STRIDE
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
@@ -315,7 +316,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     pyro.set_rng_seed(config.seed)  # the same initial parameters on every rank
     vae = runs.build_vae(config.to_dict()).to(device)
     if world.active:  # but each rank its own samples
-        pyro.set_rng_seed(config.seed + 1_000_003 * (world.rank + 1))
+        pyro.set_rng_seed(config.seed + SEED_STRIDE * (world.rank + 1))
     elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, config.jit,
                      **config.extra)
     optimizer = make_optimizer(config, vae.parameters())

@@ -80,7 +80,7 @@ def test_stl_and_dreg_guide_gradients_vanish_at_the_exact_posterior_for_every_sa
         assert encoder.abs().max() > 1e-3, name
 
 
-def paired_z_score(program, a, b, draws=200, **options):
+def paired_z_score(program, a, b, draws=120, **options):
     """max over gradient entries of |mean(a - b)| / its standard error, the two estimators on the
     same samples (seeds), over many draws."""
     differences = torch.stack([gradients(program, a[0], a[1], seed, **options)[1]
