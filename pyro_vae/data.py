@@ -82,6 +82,10 @@ class Dataset:
             raise UsageError(f"unknown split {name!r}; choose from train, valid, test")
         return getattr(self, name)
 
+    def __len__(self) -> int:
+        """The training images: what an epoch goes through."""
+        return len(self.train)
+
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self.train) // batch_size)
 

@@ -1,11 +1,14 @@
-"""The training loop: the ELBO's differentiable loss driven by a torch optimizer, epoch by epoch.
+"""A training run: its settings (TrainConfig), its optimizer and schedule, and the callbacks
+with which it drives :func:`pyro_vae.fit.fit`.
 
-One step is ``elbo.differentiable_loss(vae.model, vae.guide, x).backward(); optimizer.step()``:
+A step is ``elbo.differentiable_loss(vae.model, vae.guide, x).backward(); optimizer.step()``:
 the same gradients as ``pyro.infer.SVI.step`` (a test checks it) without its per-step host
 sync (with ``trace``, ``iwae`` and ``renyi`` none is left; Pyro's TraceMeanField_ELBO still reads
-its loss inside ``differentiable_loss``). Losses stay on the device and are read every ``sync_every`` steps (every step on the CPU,
-where reading is free). Each epoch ends with valid/test ELBOs, an atomic checkpoint and a
-metrics row; Ctrl-C saves a checkpoint at the current step so ``--resume`` continues exactly.
+its loss inside ``differentiable_loss``). The callbacks: losses read every ``sync_every`` steps
+(every step on the CPU, where reading is free) to stop on a non-finite one and move the progress
+bar; the learning-rate schedule; the weight average; gradients summed across ranks; the
+wall-time budget; valid/test ELBOs, an atomic checkpoint and a metrics row after each epoch;
+Ctrl-C saves a checkpoint at the current step so ``--resume`` continues exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import dataclasses
 import math
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -23,11 +25,13 @@ from typing import Callable, Iterable, Sequence
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed, runs
 from .cli import Interrupted, TrainingFailed, UsageError  # noqa: F401 (Interrupted re-exported)
 from .data import Dataset, load_dataset
+from .fit import Callback, Checkpoint, FitState, fit, make_step, nonfinite_report  # noqa: F401 (make_step re-exported)
 from .model import VAE
 from .objectives import MAX_PLATE_NESTING, make_elbo
 from .seeds import SEED_STRIDE
@@ -152,37 +156,6 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return base
 
 
-def make_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, validate_every_step: bool = False,
-              after_backward: Callable[[], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One gradient step on a batch; returns the loss (-ELBO summed over the batch) on-device.
-
-    Pyro's argument and shape validation runs on the first step only (it catches model/guide
-    mismatches there); afterwards it costs about 1 ms a step on the CPU and a host sync on GPUs,
-    and a NaN that it would have caught still shows up in the loss, which the trainer checks.
-    """
-    use_loss_and_grads = not hasattr(elbo, "differentiable_loss")
-    validated = False
-
-    def step(x: torch.Tensor) -> torch.Tensor:
-        nonlocal validated
-        checks = contextlib.nullcontext() if validate_every_step or not validated else \
-            pyro.validation_enabled(False)
-        with checks:
-            optimizer.zero_grad(set_to_none=True)
-            if use_loss_and_grads:  # estimators that only offer loss_and_grads (it calls backward)
-                loss = torch.as_tensor(elbo.loss_and_grads(vae.model, vae.guide, x), device=x.device)
-            else:
-                loss = elbo.differentiable_loss(vae.model, vae.guide, x)
-                loss.backward()
-                loss = loss.detach()
-            if after_backward is not None:  # e.g. summing gradients across ranks
-                after_backward()
-            optimizer.step()
-        validated = True
-        return loss
-    return step
-
-
 @torch.no_grad()
 def estimate_elbo(vae: VAE, images: torch.Tensor, batch_size: int = 1000) -> float:
     """Single-sample Monte-Carlo ELBO in nats per image, averaged over ``images``."""
@@ -217,18 +190,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _nonfinite_report(vae: VAE, epoch: int, step: int, loss: float, error: Exception | None = None) -> str:
-    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        where = f"parameters {', '.join(bad[:3])} are non-finite (a gradient was non-finite earlier)"
-    elif error is not None:
-        where = f"the parameters are finite; {str(error).splitlines()[0][:150]} (check the data)"
-    else:
-        where = "the parameters are finite (the loss itself overflowed, or the data holds NaN)"
-    return (f"the loss (-ELBO) is {loss} at epoch {epoch + 1}, step {step + 1}; {where}. "
-            "The last good checkpoint is kept; try a lower --lr")
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -294,7 +255,6 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
            log: Callable[[str], None], may_change: Iterable[str]) -> list[dict]:
     check_run_dir(run_dir, resume, overwrite)
     checkpoint_path = run_dir / runs.CHECKPOINT_FILE
-    metrics_path = run_dir / runs.METRICS_FILE
     state = runs.load_checkpoint(checkpoint_path) if resume else None  # on the CPU: read once
     if state is not None:
         refuse_changed_settings(run_dir, state["config"], config.to_dict(), may_change)
@@ -326,123 +286,236 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     if overwrite and world.is_main:
         runs.clear_run_outputs(run_dir)
 
-    start_epoch, start_step, history = 0, 0, []
-    saved_losses, saved_seconds = None, 0.0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if average is not None and "model_ema" in state:  # else the average starts here
-            average.module.load_state_dict(state["model_ema"])
-            average.n_averaged.fill_(state["ema_updates"])
-        runs.set_rng_state(rank_states[world.rank])
-        start_epoch, start_step, history = state["epoch"], state["step"], list(state["history"])
-        saved_losses, saved_seconds = state.get("epoch_losses"), state.get("epoch_seconds", 0.0)
-        if world.active:
-            saved_losses = state["epoch_losses_ranks"][world.rank] if start_step else None
-        if world.is_main:
-            runs.write_metrics(metrics_path, history)  # the checkpoint's history is the truth
+    if state is not None and world.is_main:
+        runs.write_metrics(run_dir / runs.METRICS_FILE, state["history"])  # the checkpoint's is the truth
     if world.is_main:
         runs.write_json(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "versions": _versions()})
-
-    def checkpoint(epoch: int, step: int, epoch_losses=None, epoch_seconds=0.0) -> None:
-        extra = {} if epoch_losses is None else {"epoch_losses": epoch_losses, "epoch_seconds": epoch_seconds}
-        if average is not None:
-            extra.update(model_ema=average.module.state_dict(), ema_updates=int(average.n_averaged))
-        rng = runs.rng_state()
-        if world.active:  # every rank's RNG and partial losses, so a resume is exact
-            extra["rng_ranks"] = distributed.gather_objects(rng, world)
-            if epoch_losses is not None:
-                extra["epoch_losses_ranks"] = distributed.gather_objects(epoch_losses, world)
-        if world.is_main:
-            runs.save_checkpoint(checkpoint_path, {
-                "config": config.to_dict(), "model": vae.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                "history": history, "rng": rng, **extra})
-        distributed.barrier(world)
-
-    if not resume and world.is_main:
+    if state is None and world.is_main:
         log(f"{config.dataset} ({dataset.binarize}): {len(dataset.train)} train, {len(dataset.valid)} "
             f"valid, {len(dataset.test)} test images on {device}; initial test ELBO "
             f"{estimate_elbo(vae, dataset.test.images):.2f} nats/image")
-    step_fn = make_step(vae, elbo, optimizer,
-                        after_backward=(lambda: distributed.sum_gradients(vae.parameters())) if world.active else None)
-    num_batches = dataset.num_batches(config.batch_size * world.size)
-    sync_every = 1 if device.type == "cpu" else 50
-    spent = sum(row["epoch_seconds"] for row in history)
-    with _StopFlag() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            if config.max_seconds and spent >= config.max_seconds:
-                break
-            lr = learning_rate(config, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            losses = torch.zeros(num_batches, device=device)
-            first = start_step if epoch == start_epoch else 0
-            if first and saved_losses is not None:
-                losses[:first] = saved_losses.to(device)
-            elapsed = saved_seconds if first else 0.0
-            started = time.perf_counter()
-            bar = tqdm(total=num_batches, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=None if progress else True, leave=False, dynamic_ncols=True)
-            checked = first
-            done = num_batches
-            batches = dataset.train_batches(epoch, config.batch_size, config.seed, first, world.rank, world.size)
-            for step, x in enumerate(batches, first):
-                if distributed.any_rank(stop.requested, device) if world.active else stop.requested:
-                    bar.close()
-                    checkpoint(epoch, step, epoch_losses=losses[:step].cpu(),
-                               epoch_seconds=elapsed + time.perf_counter() - started)
-                    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved")
-                try:
-                    losses[step] = step_fn(x)
-                except ValueError as error:  # distribution validation: NaN parameters or data
-                    bar.close()
-                    raise TrainingFailed(_nonfinite_report(vae, epoch, step, math.nan, error)) from None
-                if average is not None:
-                    average.update_parameters(vae)
-                if (step + 1) % sync_every == 0 or step + 1 == num_batches:
-                    recent = losses[checked:step + 1].cpu()
-                    if not torch.isfinite(recent).all():
-                        bad = checked + int((~torch.isfinite(recent)).nonzero()[0])
-                        bar.close()
-                        raise TrainingFailed(_nonfinite_report(vae, epoch, bad, float(losses[bad])))
-                    bar.update(step + 1 - checked)
-                    bar.set_postfix(elbo=f"{-recent.mean().item() / x.shape[0]:.2f}")
-                    checked = step + 1
-                if config.max_seconds and spent + elapsed + time.perf_counter() - started >= config.max_seconds:
-                    done = step + 1  # the budget is spent: close this epoch early, then stop
-                    break
-            bar.close()
-            seconds = elapsed + time.perf_counter() - started
-            spent += seconds
-            trained = min(len(dataset.train), done * config.batch_size * world.size)
-            loss_sum = losses[:done].sum().item()
-            if world.active:
-                loss_sum = distributed.sum_scalar(loss_sum, device)
-            row = {
-                "epoch": epoch + 1,
-                "images_seen": (history[-1]["images_seen"] if history else 0) + trained,
-                "train_elbo": -loss_sum / trained,
-                # rank 0 alone writes rows: the other ranks need not score the model
-                "valid_elbo": estimate_elbo(evaluated, dataset.valid.images) if world.is_main else math.nan,
-                "test_elbo": estimate_elbo(evaluated, dataset.test.images) if world.is_main else math.nan,
-                "epoch_seconds": round(seconds, 3),
-                "lr": lr,
-            }
-            history.append(row)
-            checkpoint(epoch + 1, 0)
-            if epoch + 1 in config.snapshot_epochs and world.is_main:
-                runs.save_checkpoint(run_dir / runs.SNAPSHOT_DIR / f"epoch-{epoch + 1:05d}.pt",
-                                     {"config": config.to_dict(), "model": evaluated.state_dict(), "epoch": epoch + 1})
-            if world.is_main:
-                runs.append_metrics(metrics_path, row)
-            if done < num_batches:
-                log(f"wall-time budget of {config.max_seconds:g} s spent after {done} steps of epoch {epoch + 1}")
-                break
-            valid = f"valid {row['valid_elbo']:.2f}  " if len(dataset.valid) else ""
-            log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
-                f"{valid}test {row['test_elbo']:.2f}  nats/image  ({seconds:.1f} s)")
-    return history
+
+    checkpointer = RunCheckpoint(config, run_dir, average, world, resume=state if state is not None else False)
+    callbacks = [
+        checkpointer,  # first: a resume restores the weights, RNGs and position before anything runs
+        LearningRateSchedule(config),
+        *([DataParallel(world, device)] if world.active else []),
+        *([WeightAverage(average)] if average is not None else []),
+        LossWatch(sync_every=1 if device.type == "cpu" else 50, progress=progress),
+        StopOnCtrlC(checkpointer, world, device),
+        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
+        EpochReport(evaluated, dataset, world),
+        checkpointer.saver,  # after the row is complete
+        EpochLog(log, len(dataset.valid) > 0, config.max_seconds),
+    ]
+    final = fit(vae, dataset, elbo, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
+                callbacks=callbacks, seed=config.seed, rank=world.rank, world_size=world.size)
+    return final.history
+
+
+class LearningRateSchedule(Callback):
+    """Set each epoch's rate (a function of the epoch alone) and record it in the epoch's row."""
+
+    def __init__(self, config: TrainConfig):
+        self.config, self.rate = config, None
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.rate = learning_rate(self.config, state.epoch)
+        for group in state.optimizer.param_groups:
+            group["lr"] = self.rate
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        row["lr"] = self.rate
+
+
+class DataParallel(Callback):
+    """Sum the gradients of all ranks after backward (one all-reduce, no DDP wrapper), and the
+    epoch's training loss over ranks."""
+
+    def __init__(self, world: distributed.World, device: torch.device):
+        self.world, self.device = world, device
+
+    def after_backward(self, state: FitState) -> None:
+        distributed.sum_gradients(state.module.parameters())
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        trained = row["images_seen"] - (state.history[-2]["images_seen"] if len(state.history) > 1 else 0)
+        row["train_elbo"] = -distributed.sum_scalar(state.loss_sum, self.device) / trained
+
+
+class WeightAverage(Callback):
+    """Polyak averaging: update the average after every step."""
+
+    def __init__(self, average: torch.optim.swa_utils.AveragedModel):
+        self.average = average
+
+    def on_step_end(self, state: FitState) -> None:
+        self.average.update_parameters(state.module)
+
+
+class LossWatch(Callback):
+    """Read the losses every ``sync_every`` steps (every step on the CPU, where reading is free):
+    stop on a non-finite one, naming epoch and step, and move the progress bar."""
+
+    def __init__(self, sync_every: int, progress: bool):
+        self.sync_every, self.progress, self.bar, self.checked = sync_every, progress, None, 0
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.checked = state.step  # past 0 in the epoch a resume starts in
+        self.bar = tqdm(total=state.num_batches, initial=state.step, desc=f"epoch {state.epoch + 1}/{state.epochs}",
+                        disable=None if self.progress else True, leave=False, dynamic_ncols=True)
+
+    def on_step_end(self, state: FitState) -> None:
+        step = state.step
+        if (step + 1) % self.sync_every and step + 1 != state.num_batches:
+            return
+        recent = state.losses[self.checked:step + 1].cpu()
+        if not torch.isfinite(recent).all():
+            bad = self.checked + int((~torch.isfinite(recent)).nonzero()[0])
+            raise TrainingFailed(nonfinite_report(state.module, state.epoch, bad, float(state.losses[bad])))
+        self.bar.update(step + 1 - self.checked)
+        self.bar.set_postfix(elbo=f"{-recent.mean().item() / state.batch_size:.2f}")
+        self.checked = step + 1
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        self.bar.close()
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StopOnCtrlC(Callback):
+    """Ctrl-C (on any rank) stops at the next step boundary: a checkpoint of the epoch so far,
+    then Interrupted; a second Ctrl-C stops at once."""
+
+    def __init__(self, checkpointer: RunCheckpoint, world: distributed.World, device: torch.device):
+        self.checkpointer, self.world, self.device = checkpointer, world, device
+        self.flag = _StopFlag()
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.flag.__enter__()
+
+    def on_step_start(self, state: FitState) -> None:
+        requested = distributed.any_rank(self.flag.requested, self.device) if self.world.active else self.flag.requested
+        if requested:
+            self.checkpointer.save(state, state.epoch, state.step, epoch_losses=state.losses[:state.step].cpu(),
+                                   epoch_seconds=state.seconds())
+            raise Interrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved")
+
+    def on_fit_end(self, state: FitState) -> None:
+        self.flag.__exit__()
+
+
+class TimeBudget(Callback):
+    """Stop once the training steps of all epochs (resumed ones included) have taken ``seconds``;
+    the epoch under way is closed early."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.spent = seconds, 0.0
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.spent = sum(row["epoch_seconds"] for row in state.history)
+
+    def on_epoch_start(self, state: FitState) -> None:
+        state.stop = self.spent >= self.seconds
+
+    def on_step_end(self, state: FitState) -> None:
+        state.stop = self.spent + state.seconds() >= self.seconds
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        self.spent += row["epoch_seconds"]
+
+
+class EpochReport(Callback):
+    """The valid and test ELBO of the weights the run is scored by, at each epoch's end (rank 0
+    alone writes rows, so the other ranks need not score the model)."""
+
+    def __init__(self, evaluated: nn.Module, dataset: Dataset, world: distributed.World):
+        self.evaluated, self.dataset, self.world = evaluated, dataset, world
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        main = self.world.is_main
+        row["valid_elbo"] = estimate_elbo(self.evaluated, self.dataset.valid.images) if main else math.nan
+        row["test_elbo"] = estimate_elbo(self.evaluated, self.dataset.test.images) if main else math.nan
+
+
+METRIC_FIELDS = ("epoch", "images_seen", "train_elbo", "valid_elbo", "test_elbo", "epoch_seconds", "lr")
+
+
+class RunCheckpoint(Checkpoint):
+    """A run's checkpoint: fit's, with the run's config, the weight average and, with several
+    ranks, every rank's RNG states and partial losses, so that a resume is exact; after each
+    epoch also any weight snapshot asked for and the metrics row. Listed first among the
+    callbacks (to restore), its ``saver`` comes after the callbacks that fill the epoch's row."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, average, world: distributed.World,
+                 resume: bool | dict = False):
+        super().__init__(run_dir / runs.CHECKPOINT_FILE, resume)
+        self.config, self.run_dir, self.average, self.world = config, run_dir, average, world
+        self.saver = _EpochSaver(self)
+
+    def contents(self, state: FitState, epoch: int, step: int) -> dict:
+        extra = {"config": self.config.to_dict()}
+        if self.average is not None:
+            extra.update(model_ema=self.average.module.state_dict(), ema_updates=int(self.average.n_averaged))
+        return {**super().contents(state, epoch, step), **extra}
+
+    def save(self, state: FitState, epoch: int, step: int, **extra) -> None:
+        if self.world.active:  # every rank's RNG and partial losses
+            extra["rng_ranks"] = distributed.gather_objects(runs.rng_state(), self.world)
+            if "epoch_losses" in extra:
+                extra["epoch_losses_ranks"] = distributed.gather_objects(extra["epoch_losses"], self.world)
+        if self.world.is_main:
+            super().save(state, epoch, step, **extra)
+        distributed.barrier(self.world)
+
+    def restore(self, saved: dict, state: FitState) -> None:
+        rank_states = saved.get("rng_ranks") or [saved["rng"]]
+        super().restore({**saved, "rng": rank_states[self.world.rank]}, state)
+        if self.average is not None and "model_ema" in saved:  # else the average starts here
+            self.average.module.load_state_dict(saved["model_ema"])
+            self.average.n_averaged.fill_(saved["ema_updates"])
+        if self.world.active:
+            state.resumed_losses = saved["epoch_losses_ranks"][self.world.rank] if state.step else None
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        pass  # the saver does it, once the row is complete
+
+
+class _EpochSaver(Callback):
+    def __init__(self, checkpoint: RunCheckpoint):
+        self.checkpoint = checkpoint
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        run = self.checkpoint
+        ordered = {**{k: row[k] for k in METRIC_FIELDS if k in row}, **row}
+        row.clear()
+        row.update(ordered)
+        run.save(state, state.epoch + 1, 0)
+        epoch = state.epoch + 1
+        if epoch in run.config.snapshot_epochs and run.world.is_main:
+            evaluated = run.average.module if run.average is not None else state.module
+            runs.save_checkpoint(run.run_dir / runs.SNAPSHOT_DIR / f"epoch-{epoch:05d}.pt",
+                                 {"config": run.config.to_dict(), "model": evaluated.state_dict(), "epoch": epoch})
+        if run.world.is_main:
+            runs.append_metrics(run.run_dir / runs.METRICS_FILE, row)
+
+
+class EpochLog(Callback):
+    """One line per epoch; the last, if a wall-time budget closed it early, says so."""
+
+    def __init__(self, log: Callable[[str], None], has_valid: bool, max_seconds: float | None):
+        self.log, self.has_valid, self.max_seconds = log, has_valid, max_seconds
+
+    def on_epoch_end(self, state: FitState, row: dict) -> None:
+        if state.step < state.num_batches:
+            self.log(f"wall-time budget of {self.max_seconds:g} s spent after {state.step} steps of epoch "
+                     f"{state.epoch + 1}")
+            return
+        valid = f"valid {row['valid_elbo']:.2f}  " if self.has_valid else ""
+        self.log(f"epoch {state.epoch + 1}/{state.epochs}  train ELBO {row['train_elbo']:.2f}  "
+                 f"{valid}test {row['test_elbo']:.2f}  nats/image  ({row['epoch_seconds']:.1f} s)")
 
 
 def _quiet(_: str) -> None:

@@ -1,0 +1,92 @@
+"""pyro_vae.fit on a module written here, outside the package: it trains, and a fit stopped and
+resumed from its Checkpoint ends exactly where an uninterrupted one does."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+import pyro_vae
+
+
+class TinyVAE(nn.Module):
+    """A user's own program: Bernoulli pixels from a 2-D latent, linear nets."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder, self.encoder = nn.Linear(2, 16), nn.Linear(16, 4)
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.encoder(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    prototypes = (torch.rand(3, 16, generator=g) > 0.5).float()
+    return torch.bernoulli(0.1 + 0.8 * prototypes[torch.randint(0, 3, (240,), generator=g)], generator=g)
+
+
+def fresh():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    module = TinyVAE()
+    return module, torch.optim.Adam(module.parameters(), lr=1e-2)
+
+
+def test_fit_trains_a_users_module_with_any_registered_estimator():
+    for name, particles in (("trace", 1), ("dreg", 4)):
+        module, optimizer = fresh()
+        state = pyro_vae.fit(module, data(), pyro_vae.make_elbo(name, particles), epochs=8, batch_size=24,
+                             optimizer=optimizer)
+        elbos = [row["train_elbo"] for row in state.history]
+        assert len(elbos) == 8 and elbos[-1] > elbos[0] + 1.0, (name, elbos)
+        assert state.epoch == 8
+
+
+class StopAfter(pyro_vae.Callback):
+    """Ends a fit after some epochs, as a kill would (the checkpoint of the last one is kept)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, state, row):
+        state.stop = state.epoch + 1 >= self.epochs
+
+
+def test_a_resumed_fit_equals_an_uninterrupted_one_exactly(tmp_path):
+    elbo = pyro_vae.make_elbo("iwae", 3, vectorize=True)
+    module, optimizer = fresh()
+    whole = pyro_vae.fit(module, data(), elbo, epochs=6, batch_size=24, optimizer=optimizer, seed=1)
+    path = tmp_path / "checkpoint.pt"
+    module, optimizer = fresh()
+    pyro_vae.fit(module, data(), elbo, epochs=6, batch_size=24, optimizer=optimizer, seed=1,
+                 callbacks=[pyro_vae.Checkpoint(path), StopAfter(2)])
+    pyro.set_rng_seed(123)  # whatever ran in between: the checkpoint's RNG states are restored
+    module, optimizer = fresh()
+    resumed = pyro_vae.fit(module, data(), elbo, epochs=6, batch_size=24, optimizer=optimizer, seed=1,
+                           callbacks=[pyro_vae.Checkpoint(path, resume=True)])
+
+    def without_time(history):
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in history]
+
+    assert without_time(resumed.history) == without_time(whole.history)
+    for a, b in zip(module.parameters(), whole.module.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_bad_arguments_are_python_errors():
+    module, _ = fresh()
+    with pytest.raises(ValueError, match="positive"):
+        pyro_vae.fit(module, data(), pyro_vae.make_elbo("trace"), epochs=0, batch_size=10)
+    with pytest.raises(ValueError, match="larger than the 240 items"):
+        pyro_vae.fit(module, data(), pyro_vae.make_elbo("trace"), epochs=1, batch_size=500)
