@@ -62,7 +62,7 @@ def test_draw_manifold_with_class_names(tmp_path):
 
 
 def test_burda_schedule_has_3280_epochs_in_eight_stages():
-    from pyro_vae.trainer import burda_lr
+    from pyro_vae.schedules import burda_lr
 
     rates = [burda_lr(epoch) for epoch in range(3280)]
     stages = sorted(set(rates), reverse=True)

@@ -1,0 +1,105 @@
+"""Kingma & Welling's Figure 4: a J = 2 model (trained here, or an earlier run), its decoder means
+over a grid of z made by the inverse Gaussian CDF of an evenly spaced grid in the unit square,
+and the test set's latent means coloured by label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..cli import UsageError
+from . import existing_run
+
+
+def latent_grid(points_per_side: int) -> torch.Tensor:
+    """(n*n, 2) latent points: Phi^-1 of the centres of an n x n grid of cells in (0, 1)^2.
+    Rows run from high z_2 (top of the picture) to low, columns from low z_1 to high."""
+    u = (torch.arange(points_per_side, dtype=torch.float64) + 0.5) / points_per_side
+    z = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    z2, z1 = torch.meshgrid(z.flip(0), z, indexing="ij")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).float()
+
+
+MANIFOLD_TRAINING_FLAGS = {"epochs": 10, "dataset": "mnist", "binarize": None, "train_size": None,
+                           "hidden_dims": [500], "seed": 0, "out": "runs"}
+
+
+def manifold(args) -> None:
+    from .. import runs
+    from ..data import load_dataset
+    from ..train import train_and_report
+    from ..trainer import TrainConfig, resolve_device
+
+    device = resolve_device(args.device)
+    if args.run_dir:
+        given = [name for name in MANIFOLD_TRAINING_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} sets up the run manifold trains; "
+                             "with --run-dir that run's own settings are used")
+        run_dir = Path(args.run_dir)
+        with runs.claim_run_dir(run_dir):
+            vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
+            _draw_manifold_of(vae, data, run_dir, args.grid_size)
+        return
+    for name, default in MANIFOLD_TRAINING_FLAGS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
+    config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
+                         train_size=args.train_size, latent_dim=2, hidden_dims=args.hidden_dims,
+                         epochs=args.epochs, seed=args.seed, device=args.device,
+                         eval_samples=0, run_dir=str(run_dir))
+    with runs.claim_run_dir(run_dir):
+        # a run made here before is reused only with the very same settings (epochs included)
+        state = existing_run(run_dir, config, {"device", "data_dir", "run_dir"})
+        data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
+        if state is not None and state["epoch"] == args.epochs:
+            print(f"{run_dir} holds this model, trained before with the same settings: redrawing its figures")
+        else:
+            train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
+        _draw_manifold_of(runs.load_run(run_dir, device), data, run_dir, args.grid_size)
+
+
+def _draw_manifold_of(vae, data, run_dir: Path, grid_size: int) -> None:
+    if vae.latent_dim != 2:
+        raise UsageError(f"{run_dir} has a {vae.latent_dim}-D latent; the manifold needs J = 2")
+    paths = draw_manifold(vae, data.test.images, data.test.labels, run_dir, grid_size, _class_names(data.name))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _class_names(dataset: str) -> list[str] | None:
+    if dataset == "fashion-mnist":
+        from torchvision.datasets import FashionMNIST
+
+        return list(FashionMNIST.classes)
+    return None
+
+
+@torch.no_grad()
+def draw_manifold(vae, images: torch.Tensor, labels: torch.Tensor | None, out: Path,
+                  grid_size: int = 20, class_names: list[str] | None = None) -> list[Path]:
+    from ..plots import plt, save_figure, save_image_grid
+
+    device = next(vae.parameters()).device
+    z = latent_grid(grid_size).to(device)
+    means = torch.sigmoid(vae.decoder(z))
+    paths = [Path(out) / "manifold.png", Path(out) / "latent_scatter.png"]
+    save_image_grid(means, paths[0], nrow=grid_size, title="decoder means over z = Phi^-1(grid in the unit square)")
+    loc = torch.cat([vae.encoder(images[i:i + 1000])[0] for i in range(0, len(images), 1000)]).cpu()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    if labels is None:
+        ax.scatter(loc[:, 0], loc[:, 1], s=2, alpha=0.5)
+    else:
+        labels = labels.cpu()
+        cmap = plt.get_cmap("tab10")
+        for value in sorted(labels.unique().tolist()):
+            pick = labels == value
+            name = class_names[value] if class_names else str(value)
+            ax.scatter(loc[pick, 0], loc[pick, 1], s=2, alpha=0.6, color=cmap(value % 10), label=name)
+        ax.legend(markerscale=6, fontsize=8, loc="best", title="label")
+    ax.set_xlabel("$z_1$ (encoder mean)")
+    ax.set_ylabel("$z_2$ (encoder mean)")
+    ax.set_title("test images in latent space", fontsize=10)
+    save_figure(fig, paths[1])
+    return paths
