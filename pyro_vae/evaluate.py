@@ -58,8 +58,11 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
                  device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, iwae_k: int = DEFAULT_IWAE_K, seed: int = 0, limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None,
-                 weights: str = "averaged", binarization_seed: int = 0, out: str | None = None) -> dict:
+                 weights: str = "averaged", binarization_seed: int = 0, out: str | None = None,
+                 trained: tuple | None = None) -> dict:
     """Estimate log p(x) on a split of a run's data set; writes and returns the JSON report.
+    ``trained`` = (model, config) scores a model already in memory (with ``dataset``) instead of
+    reading the run's checkpoint.
 
     The report's destination (the run directory, held as its one writer, or ``out``) is checked
     before any work; if it cannot be written at the end all the same, the report goes to the
@@ -77,15 +80,22 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     holding = world.is_main and out is None
     with runs.claim_run_dir(run_dir) if holding else contextlib.nullcontext():
         return _evaluate_run(run_dir, num_samples, split, world, torch_device, batch_size, max_memory_mb,
-                             iwae_k, seed, limit, data_dir, progress, dataset, weights, binarization_seed, out)
+                             iwae_k, seed, limit, data_dir, progress, dataset, weights, binarization_seed, out,
+                             trained)
 
 
 def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_device, batch_size: int,
                   max_memory_mb: float, iwae_k: int, seed: int, limit: int | None, data_dir: str | None,
-                  progress: bool, dataset, weights: str, binarization_seed: int, out: str | None) -> dict:
+                  progress: bool, dataset, weights: str, binarization_seed: int, out: str | None,
+                  trained: tuple | None) -> dict:
     from .marginal import estimate_per_item, summarize, vae_bytes_per_row
 
-    if dataset is None:
+    if trained is not None:
+        if dataset is None or binarization_seed or weights != "averaged":
+            raise ValueError("a model in memory is scored on the data set passed with it, by its own weights")
+        vae, config = trained
+        vae.eval()
+    elif dataset is None:
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights, binarization_seed)
     elif binarization_seed:
         raise ValueError("binarization_seed needs the run's data set loaded here, not passed in")

@@ -153,18 +153,19 @@ def _train_and_report(config: TrainConfig, world, device, resume: bool, overwrit
     if dataset is None:
         dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
                                config.train_size, config.valid_size)
-    history = train(config, dataset, resume=resume, overwrite=overwrite,
+    trained = train(config, dataset, resume=resume, overwrite=overwrite,
                     progress=progress and world.is_main, may_change=may_change)
-    vae = runs.load_run(config.run_dir, device)
+    history = trained.history
     say = print if world.is_main else (lambda *_: None)
     if world.is_main:
-        figures = draw_run_figures(vae, history, dataset.test.images, Path(config.run_dir),
+        figures = draw_run_figures(trained.model, history, dataset.test.images, Path(config.run_dir),
                                    run_title(config.to_dict()))
         say(f"figures: {', '.join(str(f) for f in figures)}")
     report = None
-    if config.eval_samples:
+    if config.eval_samples:  # the model in memory: no reload from disk to score it
         report = evaluate_run(config.run_dir, config.eval_samples, "test", config.device,
-                              progress=progress and world.is_main, dataset=dataset)
+                              progress=progress and world.is_main, dataset=dataset,
+                              trained=(trained.model, config.to_dict()))
         say(format_summary(report))
     say(f"run directory: {config.run_dir}")
     return {"history": history, "eval": report}

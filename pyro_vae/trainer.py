@@ -203,11 +203,21 @@ def _show(value) -> str:
     return "(default)" if value is None else str(value)
 
 
+@dataclass
+class TrainedRun:
+    """What :func:`train` hands back: the metrics history, the model the run is scored by (its
+    weight average, if it keeps one) and the last iterate."""
+
+    history: list[dict]
+    model: nn.Module
+    last: nn.Module
+
+
 def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
           log: Callable[[str], None] = print,
-          may_change: Iterable[str] = RESUMABLE_SETTINGS) -> list[dict]:
-    """Train (or resume) the run in ``config.run_dir``; returns the metrics history.
+          may_change: Iterable[str] = RESUMABLE_SETTINGS) -> TrainedRun:
+    """Train (or resume) the run in ``config.run_dir``; returns its history and trained model.
 
     The run directory is claimed (one writer at a time) and everything is checked (flags, run
     directory, a resumed run's settings, data) before the first file is written. A resumed run
@@ -221,7 +231,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = Fa
 
 def _train(config: TrainConfig, world: distributed.World, device: torch.device, run_dir: Path,
            dataset: Dataset | None, resume: bool, overwrite: bool, progress: bool,
-           log: Callable[[str], None], may_change: Iterable[str]) -> list[dict]:
+           log: Callable[[str], None], may_change: Iterable[str]) -> TrainedRun:
     check_run_dir(run_dir, resume, overwrite)
     checkpoint_path = run_dir / runs.CHECKPOINT_FILE
     state = runs.load_checkpoint(checkpoint_path) if resume else None  # on the CPU: read once
@@ -279,7 +289,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     ]
     final = fit(vae, dataset, elbo, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
                 callbacks=callbacks, seed=config.seed, rank=world.rank, world_size=world.size)
-    return final.history
+    return TrainedRun(final.history, evaluated, vae)
 
 
 class LearningRateSchedule(Callback):

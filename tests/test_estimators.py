@@ -179,7 +179,7 @@ def test_the_trainer_drives_them_and_keeps_their_options_across_a_resume(tmp_pat
     run = tmp_path / "run"
     config = TrainConfig(run_dir=str(run), epochs=2, batch_size=16, hidden_dims=(8,), latent_dim=2, elbo="piwae",
                          num_particles=2, extra={"num_estimates": 3}, eval_samples=0)
-    history = train(config, synthetic_dataset(), progress=False, log=lambda _: None)
+    history = train(config, synthetic_dataset(), progress=False, log=lambda _: None).history
     assert history[1]["train_elbo"] > history[0]["train_elbo"]
     assert load_checkpoint(run / "checkpoint.pt")["config"]["extra"] == {"num_estimates": 3}
     status, err = call(train_cli.main, ["--run-dir", str(run), "--resume", "--num-estimates", "4"], capsys)

@@ -100,3 +100,23 @@ def test_another_binarization_draw_of_the_test_set_is_scored_apart(tmp_path, dat
     assert set(paired_differences(default, redrawn)) == {"log_px", "iwae", "elbo"}  # the same images, redrawn
     with pytest.raises(UsageError, match="--binarization-seed"):
         evaluate_run(tiny_run("grey", "none"), binarization_seed=1, **options)
+
+
+def test_the_trained_model_is_scored_from_memory_with_the_numbers_a_reload_gives(tmp_path, monkeypatch):
+    from pyro_vae import runs
+    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.train import train_and_report
+
+    run, data = tmp_path / "run", synthetic_dataset()
+    config = TrainConfig(run_dir=str(run), epochs=2, batch_size=16, hidden_dims=(8,), latent_dim=2, eval_samples=5,
+                         ema_decay=0.9)
+    reload = runs.load_run_and_config
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the trained model was read back from disk")
+
+    monkeypatch.setattr(runs, "load_run_and_config", refuse)
+    report = train_and_report(config, progress=False, dataset=data)["eval"]
+    monkeypatch.setattr(runs, "load_run_and_config", reload)
+    again = evaluate_run(run, 5, device="cpu", progress=False, dataset=data, out=str(tmp_path / "again.json"))
+    assert report["per_image"] == again["per_image"] and report["settings"]["weights"] == "averaged"
