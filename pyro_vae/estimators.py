@@ -33,7 +33,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from .marginal import per_item_log_density
+from .marginal import per_item_log_density, trace_particles
 
 
 def _stop(value: torch.Tensor) -> torch.Tensor:
@@ -49,9 +49,7 @@ class PerItemWeights:
                  max_plate_nesting: int):
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
-        with self._particles():
-            self.guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=self.guide_trace)).get_trace(*args, **kwargs)
+        model_trace, self.guide_trace = trace_particles(model, guide, num_particles, max_plate_nesting, args, kwargs)
         self.batch = self._batch_size(model_trace)
         for name, site in self._sample_sites(self.guide_trace):
             if not site["fn"].has_rsample:

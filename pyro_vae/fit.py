@@ -181,7 +181,11 @@ def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
         raise ValueError(f"a step of {batch_size * world_size} items is larger than the {len(batches)} items")
     optimizer = optimizer if optimizer is not None else torch.optim.Adam(module.parameters(), lr=1e-3)
     state = FitState(module, optimizer, epochs, batches.num_batches(batch_size * world_size), batch_size)
-    step = make_step(module, elbo, optimizer, after_backward=lambda: [c.after_backward(state) for c in callbacks])
+    # the per-step hooks only of the callbacks that have them: no Python per step for the others
+    step_start, backward, step_end = (_overriding(callbacks, hook)
+                                      for hook in ("on_step_start", "after_backward", "on_step_end"))
+    step = make_step(module, elbo, optimizer,
+                     after_backward=(lambda: [hook(state) for hook in backward]) if backward else None)
     try:
         for callback in callbacks:
             callback.on_fit_start(state)
@@ -200,14 +204,14 @@ def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
             state._started = time.perf_counter()
             done = state.num_batches
             for x in batches.train_batches(state.epoch, batch_size, seed, state.step, rank, world_size):
-                for callback in callbacks:
-                    callback.on_step_start(state)
+                for hook in step_start:
+                    hook(state)
                 try:
                     state.losses[state.step] = step(x)
                 except ValueError as error:  # Pyro's validation: NaN parameters or data
                     raise TrainingFailed(nonfinite_report(module, state.epoch, state.step, math.nan, error)) from None
-                for callback in callbacks:
-                    callback.on_step_end(state)
+                for hook in step_end:
+                    hook(state)
                 state.step += 1
                 if state.stop:
                     done = state.step
@@ -229,6 +233,11 @@ def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
         for callback in callbacks:
             callback.on_fit_end(state)
     return state
+
+
+def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callable[[FitState], None]]:
+    """The bound ``hook`` methods of the callbacks that override Callback's empty one."""
+    return [getattr(c, hook) for c in callbacks if getattr(type(c), hook) is not getattr(Callback, hook)]
 
 
 def nonfinite_report(module: nn.Module, epoch: int, step: int, loss: float, error: Exception | None = None) -> str:

@@ -39,14 +39,22 @@ from .seeds import derived_seed
 MAX_PLATE_NESTING = 1  # the seed VAE's: its data plate; vectorized particles live at dim -2
 
 
+def trace_particles(model: Callable, guide: Callable, num_samples: int, max_plate_nesting: int,
+                    args: tuple, kwargs: dict) -> tuple[poutine.Trace, poutine.Trace]:
+    """(model trace, guide trace) of ``num_samples`` vectorized draws from the guide, under a
+    "particles" plate left of the data plate, the model replayed on them."""
+    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
 def log_importance_weights(model: Callable, guide: Callable, data: torch.Tensor, num_samples: int,
                            *args, max_plate_nesting: int = MAX_PLATE_NESTING, **kwargs) -> torch.Tensor:
     """(num_samples, len(data)) tensor of log p(x, z) - log q(z|x), z ~ q(z|x), via Pyro traces;
     ``model(data, *args, **kwargs)`` and the guide alike. Raises ValueError for a site whose
     log-density is not per item (see the module's docstring)."""
-    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(data, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(data, *args, **kwargs)
+    model_trace, guide_trace = trace_particles(model, guide, num_samples, max_plate_nesting, (data, *args), kwargs)
     log_w = 0.0
     for trace, sign, program in ((model_trace, 1.0, "model"), (guide_trace, -1.0, "guide")):
         trace.compute_log_prob()
@@ -175,9 +183,7 @@ def measured_bytes_per_row(model: Callable, guide: Callable, data: torch.Tensor,
         log_importance_weights(model, guide, x, num_samples, *args, max_plate_nesting=max_plate_nesting, **kwargs)
         used = torch.cuda.max_memory_allocated(x.device) - before
         return max(1, used // (len(x) * num_samples))
-    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+    model_trace, guide_trace = trace_particles(model, guide, num_samples, max_plate_nesting, (x, *args), kwargs)
     seen: dict[int, int] = {}
     for trace in (guide_trace, model_trace):
         trace.compute_log_prob()

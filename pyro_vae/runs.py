@@ -40,7 +40,7 @@ RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, CURVE_FILE, "
                        f"{SNAPSHOT_DIR}/epoch-*.pt")
 
 
-_held_locks: dict[Path, int] = {}  # run directories this process holds, with a nesting count
+_held_locks: set[Path] = set()  # run directories this process holds
 
 
 @contextlib.contextmanager
@@ -56,12 +56,8 @@ def claim_run_dir(run_dir: str | os.PathLike) -> Iterator[Path]:
     """
     run_dir = Path(run_dir)
     key = run_dir.resolve()
-    if key in _held_locks:
-        _held_locks[key] += 1
-        try:
-            yield run_dir
-        finally:
-            _held_locks[key] -= 1
+    if key in _held_locks:  # a nested claim: the outer one holds the lock
+        yield run_dir
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir} is a file, not a run directory")
@@ -80,18 +76,14 @@ def claim_run_dir(run_dir: str | os.PathLike) -> Iterator[Path]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise UsageError(f"{run_dir} is being written by another process (PID {holder}); "
                              "wait for it to end, or stop it") from None
-        try:  # a lock file left by an earlier writer opens even in a folder now read-only
-            with tempfile.TemporaryFile(dir=run_dir):
-                pass
-        except OSError as error:
-            raise UsageError(f"cannot write in {run_dir}: {error.strerror or error}") from None
+        _check_writable(run_dir)  # an earlier writer's lock file opens even in a folder now read-only
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _held_locks[key] = 1
+        _held_locks.add(key)
         try:
             yield run_dir
         finally:
-            del _held_locks[key]
+            _held_locks.discard(key)
             if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
                 (run_dir / LOCK_FILE).unlink()
                 run_dir.rmdir()
@@ -104,9 +96,16 @@ def check_writable_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; name a file")
-    folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write in {path.parent}: {error.strerror or error}") from None
+    _check_writable(path.parent)
+
+
+def _check_writable(folder: Path) -> None:
+    """A real write probe (permissions alone say nothing to root, or of a read-only mount)."""
+    try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
@@ -122,8 +121,8 @@ def write_json_or_fallback(path: Path, obj: Any) -> Path:
         return Path(path)
     except OSError:
         fd, fallback = tempfile.mkstemp(prefix=f"{Path(path).stem}-", suffix=".json")
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(obj, indent=2) + "\n")
+        with os.fdopen(fd, "wb") as out:
+            out.write(_json_bytes(obj))
         return Path(fallback)
 
 
@@ -161,7 +160,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write(path, _json_bytes(obj))
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

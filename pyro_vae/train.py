@@ -133,29 +133,20 @@ def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool 
     run directory (one writer) from before the data is read to the end."""
     from .trainer import world_and_device
 
-    world, device = world_and_device(config.device)
+    world, _ = world_and_device(config.device)
     with runs.claim_run_dir(config.run_dir) if world.is_main else contextlib.nullcontext():
-        return _train_and_report(config, world, device, resume, overwrite, progress, dataset, may_change)
+        return _train_and_report(config, world, resume, overwrite, progress, dataset, may_change)
 
 
-def _train_and_report(config: TrainConfig, world, device, resume: bool, overwrite: bool, progress: bool,
+def _train_and_report(config: TrainConfig, world, resume: bool, overwrite: bool, progress: bool,
                       dataset, may_change) -> dict:
-    from .data import load_dataset
     from .evaluate import evaluate_run, format_summary
     from .plots import draw_run_figures, run_title
-    from .trainer import check_run_dir, refuse_changed_settings
 
-    run_dir = Path(config.run_dir)
-    check_run_dir(run_dir, resume, overwrite)  # before the data is read
-    if resume:
-        stored = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)["config"]
-        refuse_changed_settings(run_dir, stored, config.to_dict(), may_change)
-    if dataset is None:
-        dataset = load_dataset(config.dataset, config.binarize, config.data_dir, device,
-                               config.train_size, config.valid_size)
+    # train checks the run directory and a resumed run's settings before it reads the data
     trained = train(config, dataset, resume=resume, overwrite=overwrite,
                     progress=progress and world.is_main, may_change=may_change)
-    history = trained.history
+    history, dataset = trained.history, trained.dataset
     say = print if world.is_main else (lambda *_: None)
     if world.is_main:
         figures = draw_run_figures(trained.model, history, dataset.test.images, Path(config.run_dir),

@@ -206,11 +206,12 @@ def _show(value) -> str:
 @dataclass
 class TrainedRun:
     """What :func:`train` hands back: the metrics history, the model the run is scored by (its
-    weight average, if it keeps one) and the last iterate."""
+    weight average, if it keeps one), the last iterate, and the data set it was trained on."""
 
     history: list[dict]
     model: nn.Module
     last: nn.Module
+    dataset: Dataset
 
 
 def train(config: TrainConfig, dataset: Dataset | None = None, resume: bool = False,
@@ -289,7 +290,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     ]
     final = fit(vae, dataset, elbo, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
                 callbacks=callbacks, seed=config.seed, rank=world.rank, world_size=world.size)
-    return TrainedRun(final.history, evaluated, vae)
+    return TrainedRun(final.history, evaluated, vae, dataset)
 
 
 class LearningRateSchedule(Callback):
