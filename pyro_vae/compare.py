@@ -17,14 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_main
-from .data import BINARIZATIONS, DATASETS
-
-FIXED_MODEL_DEFAULTS = {"num_images": 1000, "grad_batch": 100, "repeats": 100}
-TRAINING_DEFAULTS = {"epochs": 5, "wall_seconds": None, "train_size": None, "eval_samples": 100, "latent_dim": 20,
-                     "hidden_dims": [500], "dataset": "mnist", "binarize": None}
-DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
-
 
 MULTI_ESTIMATE = ("miwae", "piwae")  # NAME:MxK, M estimates of K samples
 
@@ -59,30 +51,6 @@ class Estimator:
         extra = {"num_estimates": self.estimates} if self.name in MULTI_ESTIMATE else {}
         return {"elbo": self.name, "num_particles": self.particles, "vectorize_particles": self.samples > 1,
                 "extra": extra}
-
-
-def parse_estimators(text: str) -> list[Estimator]:
-    """'trace:1,iwae:5,miwae:10x5' -> estimators; NAME:MxK for miwae and piwae (M estimates of
-    K samples each), NAME:K for the others."""
-    from .objectives import OBJECTIVES
-
-    specs = []
-    for item in text.split(","):
-        name, _, particles = item.strip().partition(":")
-        if name not in OBJECTIVES:
-            raise UsageError(f"unknown estimator {name!r} in --estimators; choose from {', '.join(OBJECTIVES)}")
-        estimates, _, count = particles.rpartition("x") if "x" in particles else ("1", "", particles)
-        if estimates != "1" and name not in MULTI_ESTIMATE:
-            raise UsageError(f"--estimators: {item!r}: only {' and '.join(MULTI_ESTIMATE)} take MxK")
-        try:
-            estimator = Estimator(name, int(count or 1), int(estimates))
-        except ValueError:
-            raise UsageError(f"--estimators: {item!r} should be NAME:K, or NAME:MxK for "
-                             f"{' and '.join(MULTI_ESTIMATE)}, e.g. iwae:5, miwae:10x5") from None
-        if estimator.particles < 1 or estimator.estimates < 1:
-            raise UsageError(f"--estimators: particles must be positive in {item!r}")
-        specs.append(estimator)
-    return specs
 
 
 def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progress: bool = True) -> list[dict]:
@@ -190,30 +158,38 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
-def run_fixed_model(args) -> None:
+def compare_fixed_model(run_dir: str | Path, estimators: Sequence[Estimator], out: str | Path | None = None, *,
+                        num_images: int = 1000, grad_batch: int = 100, repeats: int = 100, seed: int = 0,
+                        device: str = "auto", data_dir: str | None = None, progress: bool = True) -> Path:
+    """Score ``estimators`` on the trained run in ``run_dir`` (see the module docstring); writes
+    comparison.md, comparison.json and the figures into ``out`` (default RUN_DIR/comparison),
+    held as its one writer from before any work, and returns it."""
     from . import runs
     from .trainer import resolve_device
 
-    device = resolve_device(args.device)
-    run_dir = Path(args.run_dir)
-    out = Path(args.out or run_dir / "comparison")
+    torch_device = resolve_device(device)
+    run_dir = Path(run_dir)
+    out = Path(out or run_dir / "comparison")
     with runs.claim_run_dir(out):  # checked before any work, and one writer
-        _run_fixed_model(args, run_dir, out, device)
+        _compare_fixed_model(run_dir, list(estimators), out, num_images, grad_batch, repeats, seed,
+                             torch_device, data_dir, progress)
+    return out
 
 
-def _run_fixed_model(args, run_dir: Path, out: Path, device) -> None:
+def _compare_fixed_model(run_dir: Path, specs: list[Estimator], out: Path, num_images: int, grad_batch: int,
+                         repeats: int, seed: int, device, data_dir: str | None, progress: bool) -> None:
     import torch
 
     from . import runs
 
-    vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
-    images = data.test.images[:args.num_images]
-    if args.grad_batch > len(data.test):
-        raise UsageError(f"--grad-batch {args.grad_batch} is larger than the test set")
-    batch = data.test.images[:args.grad_batch]
-    rows = score_fixed_model(vae, images, batch, args.specs, args.repeats, args.seed, not args.no_progress)
+    vae, _, data = runs.load_run_and_data(run_dir, device, data_dir)
+    images = data.test.images[:num_images]
+    if grad_batch > len(data.test):
+        raise ValueError(f"a gradient batch of {grad_batch} images is larger than the test set")
+    batch = data.test.images[:grad_batch]
+    rows = score_fixed_model(vae, images, batch, specs, repeats, seed, progress)
     settings = {"mode": "fixed-model", "run_dir": str(run_dir), "num_images": len(images),
-                "grad_batch": len(batch), "repeats": args.repeats, "seed": args.seed,
+                "grad_batch": len(batch), "repeats": repeats, "seed": seed,
                 "device": str(device), "torch_threads": torch.get_num_threads()}
     slopes = snr_slopes(rows)
     runs.write_json(out / "comparison.json", {"settings": settings, "estimators": rows, "snr_slopes": slopes})
@@ -223,7 +199,7 @@ def _run_fixed_model(args, run_dir: Path, out: Path, device) -> None:
               if slopes else "")
     (out / "comparison.md").write_text(
         f"# Estimator comparison on a fixed model\n\nModel: `{run_dir}`; bound over the first "
-        f"{len(images)} test images (mean ± standard error); gradient statistics over {args.repeats} "
+        f"{len(images)} test images (mean ± standard error); gradient statistics over {repeats} "
         f"draws on a fixed batch of {len(batch)} test images; {settings['torch_threads']} torch "
         f"thread(s) on {device}.\n\n{table}{fitted}\n\n"
         + "".join(f"![{f.stem}]({f.name})\n" for f in figures))
@@ -231,39 +207,45 @@ def _run_fixed_model(args, run_dir: Path, out: Path, device) -> None:
     print(f"wrote {out}/comparison.md, comparison.json, {', '.join(f.name for f in figures)}")
 
 
-def run_training(args) -> None:
+def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, wall_seconds: float | None = None,
+                     progress: bool = True) -> Path:
+    """Train one run per estimator from the TrainConfig ``base`` (same seed, data and net) for
+    its epochs, and, with ``wall_seconds``, once more each under that wall-time budget; score
+    each by importance sampling (``base.eval_samples``). Writes comparison.md, comparison.json
+    and learning_curves.png into ``out`` (held as its one writer; an interrupted comparison
+    resumes) and returns it."""
     from . import runs
     from .trainer import resolve_device
 
-    device = resolve_device(args.device)
-    out = Path(args.out or Path("runs") / f"compare-train-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(out)
+    torch_device = resolve_device(base.device)
     with runs.claim_run_dir(out):  # checked before any work, and one writer
-        _run_training(args, out, device)
+        _compare_training(list(estimators), out, base, wall_seconds, progress, torch_device)
+    return out
 
 
-def _run_training(args, out: Path, device) -> None:
+def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: float | None, progress: bool,
+                      device) -> None:
+    import dataclasses
+
     from . import runs
     from .data import load_dataset
     from .plots import plt, save_figure
     from .train import train_and_report
-    from .trainer import TrainConfig
 
-    base = dict(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
-                train_size=args.train_size, latent_dim=args.latent_dim, hidden_dims=args.hidden_dims,
-                seed=args.seed, device=args.device, eval_samples=args.eval_samples)
-    data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
-    budgets = [("epochs", {"epochs": args.epochs})]
-    if args.wall_seconds:
-        budgets.append(("time", {"epochs": 10_000, "max_seconds": args.wall_seconds}))
+    data = load_dataset(base.dataset, base.binarize, base.data_dir, device, base.train_size, base.valid_size)
+    budgets = [("epochs", {"epochs": base.epochs})]
+    if wall_seconds:
+        budgets.append(("time", {"epochs": 10_000, "max_seconds": wall_seconds}))
     results = []
     for budget, limits in budgets:
-        for spec in args.specs:
+        for spec in specs:
             tag = f"{spec.name}-{spec.estimates}x{spec.particles}-{budget}" if spec.estimates > 1 else \
                 f"{spec.name}-{spec.particles}-{budget}"
-            config = TrainConfig(**base, **limits, **spec.train_settings(), run_dir=str(out / tag))
+            config = dataclasses.replace(base, **limits, **spec.train_settings(), run_dir=str(out / tag))
             resume = (out / tag / runs.CHECKPOINT_FILE).exists()  # an interrupted comparison goes on
             print(f"--- {spec.label}, budget: {budget}")
-            report = train_and_report(config, resume=resume, progress=not args.no_progress, dataset=data)
+            report = train_and_report(config, resume=resume, progress=progress, dataset=data)
             history, evaluation = report["history"], report["eval"] or {"summary": {}}
             results.append({"estimator": spec.name, "particles": spec.particles, "estimates": spec.estimates,
                             "label": spec.label,
@@ -273,8 +255,8 @@ def _run_training(args, out: Path, device) -> None:
                             "log_px": evaluation["summary"].get("log_px_mean"),
                             "log_px_stderr": evaluation["summary"].get("log_px_stderr"),
                             "history": history})
-    runs.write_json(out / "comparison.json", {"settings": {**base, "mode": "train", "epochs": args.epochs,
-                                                           "wall_seconds": args.wall_seconds},
+    runs.write_json(out / "comparison.json", {"settings": {**base.to_dict(), "mode": "train", "epochs": base.epochs,
+                                                           "wall_seconds": wall_seconds},
                                               "estimators": results})
     lines = ["| estimator | budget | epochs | train s | final test ELBO | IS log p(x) |",
              "|---|---|---:|---:|---:|---:|"]
@@ -301,52 +283,8 @@ def _run_training(args, out: Path, device) -> None:
     print(f"wrote {out}/comparison.md")
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m pyro_vae.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", nargs="?", help="a trained run (fixed-model mode)")
-    p.add_argument("--train", action="store_true", help="training mode: train one model per estimator")
-    p.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help=f"NAME:PARTICLES list (default {DEFAULT_ESTIMATORS})")
-    fixed = p.add_argument_group("fixed-model mode")
-    fixed.add_argument("--num-images", type=positive_int, help="test images for the bound (1000)")
-    fixed.add_argument("--grad-batch", type=positive_int, help="the fixed gradient minibatch (100)")
-    fixed.add_argument("--repeats", type=positive_int, help="R, gradient draws for the SNR (100)")
-    training = p.add_argument_group("training mode")
-    training.add_argument("--epochs", type=positive_int, help="epoch budget (5)")
-    training.add_argument("--wall-seconds", type=positive_float, help="also a wall-time budget per estimator")
-    training.add_argument("--train-size", type=positive_int, help="first N training images")
-    training.add_argument("--eval-samples", type=int, help="K for IS log p(x) (100)")
-    training.add_argument("--latent-dim", type=positive_int, help="(20)")
-    training.add_argument("--hidden-dims", type=positive_int, nargs="+", help="(500)")
-    training.add_argument("--dataset", choices=DATASETS, help="(mnist)")
-    training.add_argument("--binarize", choices=BINARIZATIONS, help="default: the dataset's (see train --help)")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output folder (fixed-model: RUN_DIR/comparison; training: runs/compare-train-<time>)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+if __name__ == "__main__":  # python -m pyro_vae.compare
+    from .cli import run_main
+    from .cli.compare import main
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.specs = parse_estimators(args.estimators)
-    if args.train == bool(args.run_dir):
-        raise UsageError("give either RUN_DIR (fixed-model mode) or --train (training mode)")
-    if args.run_dir and not Path(args.run_dir).is_dir():
-        raise UsageError(f"{args.run_dir} is not a directory")
-    # each mode's flags: the other mode's are refused, not ignored
-    ours, theirs = (TRAINING_DEFAULTS, FIXED_MODEL_DEFAULTS) if args.train else (FIXED_MODEL_DEFAULTS, TRAINING_DEFAULTS)
-    foreign = [name for name in theirs if getattr(args, name) is not None]
-    if foreign:
-        raise UsageError(f"--{foreign[0].replace('_', '-')} applies only to "
-                         f"{'fixed-model mode (RUN_DIR)' if args.train else 'training mode (--train)'}")
-    for name, default in ours.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    if args.train and args.eval_samples < 0:
-        raise UsageError("--eval-samples must be >= 0")
-    (run_training if args.train else run_fixed_model)(args)
-
-
-if __name__ == "__main__":
     run_main(main)

@@ -30,7 +30,6 @@ import torch
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.utils import check_integrity
 
-from .cli import UsageError
 from .model import NUM_PIXELS
 from .seeds import derived_seed
 
@@ -79,7 +78,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in ("train", "valid", "test"):
-            raise UsageError(f"unknown split {name!r}; choose from train, valid, test")
+            raise ValueError(f"unknown split {name!r}; choose from train, valid, test")
         return getattr(self, name)
 
     def __len__(self) -> int:
@@ -120,15 +119,15 @@ def default_cache_dir() -> Path:
 
 
 def search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
-    """The places data is looked for, in order: --data-dir, $PYRO_VAE_DATA, the cache."""
+    """The places data is looked for, in order: data_dir, $PYRO_VAE_DATA, the cache."""
     roots = []
-    for label, value in (("--data-dir", data_dir), ("$PYRO_VAE_DATA", os.environ.get("PYRO_VAE_DATA"))):
+    for label, value in (("data_dir", data_dir), ("$PYRO_VAE_DATA", os.environ.get("PYRO_VAE_DATA"))):
         if value:
             path = Path(value).expanduser()
             if not path.is_dir():
-                raise UsageError(f"{label} {value} is not a directory")
+                raise ValueError(f"{label} {value} is not a directory")
             if not os.access(path, os.R_OK | os.X_OK):
-                raise UsageError(f"{label} {value} is not readable")
+                raise ValueError(f"{label} {value} is not readable")
             roots.append(path)
     roots.append(default_cache_dir())
     return roots
@@ -136,16 +135,16 @@ def search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
 
 def resolve_binarization(dataset: str, binarize: str | None) -> str:
     if dataset not in DATASETS:
-        raise UsageError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     binarize = binarize or DEFAULT_BINARIZATION[dataset]
     if binarize not in BINARIZATIONS:
-        raise UsageError(f"unknown binarization {binarize!r}; choose from {', '.join(BINARIZATIONS)}")
+        raise ValueError(f"unknown binarization {binarize!r}; choose from {', '.join(BINARIZATIONS)}")
     if dataset == "binarized-mnist" and binarize != "static":
-        raise UsageError("binarized-mnist is already binary: use --binarize static")
+        raise ValueError("binarized-mnist is already binary: its binarization is 'static'")
     if dataset == "fashion-mnist" and binarize == "static":
-        raise UsageError(
+        raise ValueError(
             "a static binarization exists only for MNIST (Larochelle & Murray); "
-            "use --binarize dynamic for fashion-mnist"
+            "binarize fashion-mnist 'dynamic'"
         )
     return binarize
 
@@ -163,7 +162,7 @@ def load_dataset(
     ``eval_binarization_seed`` picks another draw of a dynamically binarized valid and test set."""
     binarize = resolve_binarization(name, binarize)
     if eval_binarization_seed != EVAL_BINARIZATION_SEED and binarize != "dynamic":
-        raise UsageError(f"--binarization-seed draws a dynamically binarized test set; this run's data "
+        raise ValueError(f"another binarization seed draws a dynamically binarized test set anew; this run's data "
                          f"is binarized {binarize!r}")
     roots = search_roots(data_dir)
     if binarize == "static":
@@ -176,7 +175,7 @@ def load_dataset(
             test = Split(torch.bernoulli(test.images, generator=generator), test.labels)
     if train_size is not None:
         if train_size > len(train):
-            raise UsageError(f"--train-size {train_size} exceeds the {len(train)} training images")
+            raise ValueError(f"train_size {train_size} exceeds the {len(train)} training images")
         train = Split(train.images[:train_size], _head(train.labels, train_size))
     device = torch.device(device)
     splits = [Split(s.images.to(device), None if s.labels is None else s.labels.to(device))
@@ -211,10 +210,10 @@ def _load_torchvision(name: str, roots: list[Path], valid_size: int):
             why = f"the download failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
     files = ", ".join(f for f, _ in cls.resources)
     searched = ", ".join(str(p) for p in places)
-    raise UsageError(
+    raise ValueError(
         f"{name} not found: looked in {searched} (each as <dir>/{cls.__name__}/raw/ or <dir>/) "
         f"for {files} (or the same without .gz), and {why}; put the files in one of these "
-        f"places, or pass --data-dir / set PYRO_VAE_DATA to a folder that holds them"
+        f"places, or point PYRO_VAE_DATA (or data_dir) at a folder that holds them"
     )
 
 
@@ -242,7 +241,7 @@ def _torchvision_root(cls, folder: Path, cache: Path) -> Path:
                 with gzip.open(folder / gz, "rb") as source, open(staged / (idx + ".part"), "wb") as out:
                     shutil.copyfileobj(source, out)
             except (OSError, EOFError) as error:
-                raise UsageError(f"{folder / gz}: cannot decompress ({error})") from None
+                raise ValueError(f"{folder / gz}: cannot decompress ({error})") from None
             os.replace(staged / (idx + ".part"), staged / idx)
     return cache
 
@@ -254,7 +253,7 @@ def _verify_checksums(cls, folder: Path) -> None:
         idx_md5 = _MNIST_IDX_MD5.get(gz[:-3]) if cls is tv_datasets.MNIST else None
         for path, expected in ((folder / gz, md5), (folder / gz[:-3], idx_md5)):
             if expected and path.exists() and not check_integrity(str(path), expected):
-                raise UsageError(
+                raise ValueError(
                     f"{path}: md5 is not the official {expected}; the file is corrupt or not "
                     f"{cls.__name__} - replace it with the original"
                 )
@@ -265,15 +264,15 @@ def _read_torchvision(cls, root: Path, folder: Path, valid_size: int):
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
     except Exception as error:
-        raise UsageError(f"{folder}: could not read {cls.__name__} IDX files ({error!r})") from None
+        raise ValueError(f"{folder}: could not read {cls.__name__} IDX files ({error!r})") from None
     for part, expected in ((train, 60_000), (test, 10_000)):
         if tuple(part.data.shape) != (expected, 28, 28) or len(part.targets) != expected:
-            raise UsageError(
+            raise ValueError(
                 f"{folder}: {cls.__name__} files hold images of shape {tuple(part.data.shape)}, "
                 f"expected ({expected}, 28, 28)"
             )
     if not 0 <= valid_size < 60_000:
-        raise UsageError(f"--valid-size must be in [0, 60000), got {valid_size}")
+        raise ValueError(f"valid_size must be in [0, 60000), got {valid_size}")
     images = train.data.reshape(-1, NUM_PIXELS).float().div_(255)
     labels = train.targets.long()
     cut = 60_000 - valid_size
@@ -295,10 +294,10 @@ def _load_binarized_mnist(roots: list[Path]):
                 splits = tuple(_read_amat(paths[s], s) for s in ("train", "valid", "test"))
                 return splits + (folder,)
     searched = ", ".join(str(r) for r in roots)
-    raise UsageError(
+    raise ValueError(
         f"binarized-mnist not found: looked in {searched} (each as <dir>/binarized_mnist/ or "
         "<dir>/) for binarized_mnist_{train,valid,test}.amat.gz (Larochelle & Murray's split); "
-        "pass --data-dir or set PYRO_VAE_DATA to a folder that holds them"
+        "point PYRO_VAE_DATA (or data_dir) at a folder that holds them"
     )
 
 
@@ -317,20 +316,20 @@ def _read_amat(path: Path, split: str) -> Split:
         if path.suffix == ".gz":
             md5 = hashlib.md5(raw).hexdigest()
             if md5 != _BINARIZED_MNIST_MD5[split]:
-                raise UsageError(
+                raise ValueError(
                     f"{path}: md5 {md5} is not that of Larochelle & Murray's file "
                     f"({_BINARIZED_MNIST_MD5[split]}); the file is corrupt - replace it"
                 )
             raw = gzip.decompress(raw)
     except (OSError, EOFError) as error:
-        raise UsageError(f"{path}: cannot read ({error})") from None
+        raise ValueError(f"{path}: cannot read ({error})") from None
     chars = np.frombuffer(raw, dtype=np.uint8)
     is_digit = (chars == ord("0")) | (chars == ord("1"))
     is_blank = (chars == ord(" ")) | (chars == ord("\n")) | (chars == ord("\r"))
     digits = chars[is_digit]
     expected = _BINARIZED_MNIST_SIZES[split]
     if not np.all(is_digit | is_blank) or digits.size != expected * NUM_PIXELS:
-        raise UsageError(
+        raise ValueError(
             f"{path}: expected {expected} lines of {NUM_PIXELS} values 0/1, found something else"
         )
     images = torch.from_numpy((digits - ord("0")).astype(np.float32).reshape(expected, NUM_PIXELS))

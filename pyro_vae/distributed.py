@@ -23,7 +23,6 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-from .cli import UsageError
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ def local_device(device: torch.device, world: World) -> torch.device:
     if device.type == "cuda" and world.active:
         gpus = torch.cuda.device_count()
         if world.local_rank >= gpus:
-            raise UsageError(f"torchrun started more processes on this machine than its {gpus} GPU(s): "
-                             f"pass --nproc-per-node {gpus}, or --device cpu")
+            raise ValueError(f"torchrun started more processes on this machine than its {gpus} GPU(s): "
+                             f"start at most {gpus} per machine, or train on the CPU")
         torch.cuda.set_device(world.local_rank)
         return torch.device("cuda", world.local_rank)
     return device

@@ -1,4 +1,5 @@
-"""Score a trained run by importance sampling: ``python -m pyro_vae.evaluate RUN_DIR``.
+"""Score a trained run by importance sampling: ``evaluate_run``, behind ``python -m pyro_vae.evaluate RUN_DIR``
+(the command's flags are in pyro_vae/cli/evaluate.py).
 
 Writes ``RUN_DIR/eval_<split>_K<K>.json`` (settings, aggregate figures, per-image values) and
 prints a short table. Every setting that changes the numbers is in the file's name when it is
@@ -15,43 +16,11 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Sequence
 
-from . import distributed, runs
-from .cli import ArgumentParser, TrainingFailed, UsageError, positive_float, positive_int, run_main
+from . import runs
 
 SPLITS = ("test", "valid")
 DEFAULT_IWAE_K, DEFAULT_BATCH_SIZE, DEFAULT_MAX_MEMORY_MB = 50, 100, 1024.0
-
-
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m pyro_vae.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a run directory written by pyro_vae.train")
-    p.add_argument("--num-samples", "-K", type=positive_int, default=5000,
-                   help="K, importance samples per image (default 5000, as Burda et al.)")
-    p.add_argument("--split", default="test", help="test or valid (default test)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help="images per chunk, at most (default 100; fewer if memory needs it)")
-    p.add_argument("--max-memory-mb", type=positive_float, default=DEFAULT_MAX_MEMORY_MB,
-                   help="bound on the working memory of one chunk (default 1024)")
-    p.add_argument("--iwae-k", type=positive_int, default=DEFAULT_IWAE_K,
-                   help="k of the IWAE_k bound reported beside log p(x) (default 50)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the importance samples (default 0; another seed writes "
-                        "eval_<split>_K<K>_seed<seed>.json beside the seed-0 score)")
-    p.add_argument("--limit", type=positive_int, help="score only the first N images of the split")
-    p.add_argument("--binarization-seed", type=int, default=0,
-                   help="for a dynamically binarized run: the draw that binarizes its test (and valid) "
-                        "images (default 0, the one every score uses; another writes "
-                        "eval_<split>_K<K>_draw<N>.json)")
-    p.add_argument("--weights", default="averaged", choices=runs.WEIGHTS,
-                   help="for a run trained with --ema-decay: its averaged weights (default) or the last "
-                        "iterate (written to eval_<split>_K<K>_last.json)")
-    p.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
-    p.add_argument("--out", help="write the JSON report to this file instead of into RUN_DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "test",
@@ -70,9 +39,9 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
     from .trainer import world_and_device
 
     if split not in SPLITS:
-        raise UsageError(f"unknown --split {split!r}; choose from {', '.join(SPLITS)}")
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if num_samples < 1:
-        raise UsageError(f"--num-samples must be a positive integer, got {num_samples}")
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     run_dir = Path(run_dir)
     world, torch_device = world_and_device(device)
     if out is not None and world.is_main:
@@ -106,7 +75,7 @@ def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_devi
     split_images = dataset.split(split).images
     images = split_images[:limit]
     if len(images) == 0:
-        raise UsageError(f"the {split} split of this run is empty")
+        raise ValueError(f"the {split} split of this run is empty")
     started = time.perf_counter()
     per_image = estimate_per_item(
         vae.model, vae.guide, images, num_samples, batch_size=batch_size,
@@ -135,7 +104,6 @@ def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_devi
         path = written
     report["path"] = str(path)
     return report
-
 
 
 def report_name(split: str, num_samples: int, subset: int | bool, binarization_seed: int, seed: int,
@@ -183,23 +151,8 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.split not in SPLITS:
-        raise UsageError(f"unknown --split {args.split!r}; choose from {', '.join(SPLITS)}")
-    if not Path(args.run_dir).is_dir():
-        raise UsageError(f"{args.run_dir} is not a directory")
-    report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
-                          args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
-                          progress=not args.no_progress, weights=args.weights,
-                          binarization_seed=args.binarization_seed, out=args.out)
-    if distributed.current_world().is_main:
-        print(format_summary(report))
-        if "unwritten_path" in report:
-            raise TrainingFailed(f"could not write {report['unwritten_path']}; the report was "
-                                 f"written to {report['path']}")
-        print(f"wrote {report['path']}")
+if __name__ == "__main__":  # python -m pyro_vae.evaluate
+    from .cli import run_main
+    from .cli.evaluate import main
 
-
-if __name__ == "__main__":
     run_main(main)

@@ -31,8 +31,15 @@ import torch
 from torch import nn
 
 from . import runs
-from .cli import TrainingFailed
 from .data import epoch_permutation
+
+
+class TrainingFailed(RuntimeError):
+    """The work started but could not go on (e.g. a non-finite loss)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C after saving a checkpoint; the message says where."""
 
 
 @dataclass
@@ -137,31 +144,50 @@ class Checkpoint(Callback):
 
 
 def make_step(module: nn.Module, elbo, optimizer: torch.optim.Optimizer, validate_every_step: bool = False,
-              after_backward: Callable[[], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+              after_backward: Callable[[], None] | None = None,
+              compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """One gradient step on a batch; returns the loss (-ELBO summed over the batch) on-device.
 
     Pyro's argument and shape validation runs on the first step only (it catches model/guide
     mismatches there); afterwards it costs about 1 ms a step on the CPU and a host sync on GPUs,
     and a NaN that it would have caught still shows up in the loss, which a callback checks.
+    With ``compile``, the loss and its gradients come from a graph traced and compiled at the
+    first step (compiled.py); the first step's validation then runs on a forked random stream,
+    so that the run's draws do not depend on where it was resumed.
     """
     use_loss_and_grads = not hasattr(elbo, "differentiable_loss")
+    compiled = None
+    if compile:
+        from .compiled import CompiledLoss
+
+        compiled = CompiledLoss(module, elbo)
     validated = False
 
     def step(x: torch.Tensor) -> torch.Tensor:
         nonlocal validated
-        checks = contextlib.nullcontext() if validate_every_step or not validated else \
-            pyro.validation_enabled(False)
-        with checks:
+        if compiled is not None and compiled.accepts(x):
+            if not validated:  # Pyro's checks, once, on draws the run does not use
+                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
+                        torch.no_grad():
+                    elbo.differentiable_loss(module.model, module.guide, x)
             optimizer.zero_grad(set_to_none=True)
-            if use_loss_and_grads:  # estimators that only offer loss_and_grads (it calls backward)
-                loss = torch.as_tensor(elbo.loss_and_grads(module.model, module.guide, x), device=x.device)
-            else:
-                loss = elbo.differentiable_loss(module.model, module.guide, x)
-                loss.backward()
-                loss = loss.detach()
-            if after_backward is not None:  # e.g. summing gradients across ranks
-                after_backward()
-            optimizer.step()
+            loss, grads = compiled(x)
+            for param, grad in zip(compiled.params, grads):
+                param.grad = grad
+        else:
+            checks = contextlib.nullcontext() if validate_every_step or not validated else \
+                pyro.validation_enabled(False)
+            with checks:
+                optimizer.zero_grad(set_to_none=True)
+                if use_loss_and_grads:  # estimators that only offer loss_and_grads (it calls backward)
+                    loss = torch.as_tensor(elbo.loss_and_grads(module.model, module.guide, x), device=x.device)
+                else:
+                    loss = elbo.differentiable_loss(module.model, module.guide, x)
+                    loss.backward()
+                    loss = loss.detach()
+        if after_backward is not None:  # e.g. summing gradients across ranks
+            after_backward()
+        optimizer.step()
         validated = True
         return loss
     return step
@@ -169,11 +195,13 @@ def make_step(module: nn.Module, elbo, optimizer: torch.optim.Optimizer, validat
 
 def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
         optimizer: torch.optim.Optimizer | None = None, callbacks: Sequence[Callback] = (), seed: int = 0,
-        rank: int = 0, world_size: int = 1) -> FitState:
+        rank: int = 0, world_size: int = 1, compile: bool = False) -> FitState:
     """Train ``module.model`` and ``module.guide`` on ``data`` with ``elbo``; returns the final
     state, whose ``history`` holds one row per epoch (``train_elbo``: the mean of the training
     objective over the epoch, in nats per item). ``optimizer`` defaults to Adam(lr 1e-3).
-    With several processes, rank r of ``world_size`` takes the r-th slice of each step's items."""
+    With several processes, rank r of ``world_size`` takes the r-th slice of each step's items.
+    ``compile`` traces the step once and compiles it (compiled.py: same draws, same numbers up
+    to floating-point rounding, a one-off compilation of tens of seconds)."""
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     batches = TensorBatches(data) if isinstance(data, torch.Tensor) else data
@@ -185,7 +213,8 @@ def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
     step_start, backward, step_end = (_overriding(callbacks, hook)
                                       for hook in ("on_step_start", "after_backward", "on_step_end"))
     step = make_step(module, elbo, optimizer,
-                     after_backward=(lambda: [hook(state) for hook in backward]) if backward else None)
+                     after_backward=(lambda: [hook(state) for hook in backward]) if backward else None,
+                     compile=compile)
     try:
         for callback in callbacks:
             callback.on_fit_start(state)
@@ -250,4 +279,4 @@ def nonfinite_report(module: nn.Module, epoch: int, step: int, loss: float, erro
     else:
         where = "the parameters are finite (the loss itself overflowed, or the data holds NaN)"
     return (f"the loss (-ELBO) is {loss} at epoch {epoch + 1}, step {step + 1}; {where}. "
-            "The last good checkpoint is kept; try a lower --lr")
+            "The last good checkpoint is kept; try a lower learning rate")

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .cli import ArgumentParser, UsageError, run_main
 from .marginal import mean_and_stderr
 
 SCORES = {"log_px": "log p(x), IS", "iwae": "IWAE bound", "elbo": "ELBO"}
@@ -30,14 +28,14 @@ SAME_IMAGES = ("dataset", "binarize", "split", "num_images")
 
 
 def load_evaluation(path: str | Path) -> dict:
-    """An evaluation JSON, or a one-line UsageError saying why it is not one."""
+    """An evaluation JSON, or a ValueError saying why it is not one."""
     try:
         report = json.loads(Path(path).read_text())
         report["settings"], report["per_image"]["log_px"]  # raise KeyError if it is not one
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
+        raise ValueError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{path} is not an evaluation written by pyro_vae.evaluate ({error})") from None
+        raise ValueError(f"{path} is not an evaluation written by pyro_vae.evaluate ({error})") from None
     return report
 
 
@@ -45,7 +43,7 @@ def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
     """For each score both reports hold: A's mean, B's mean, and mean(B - A) with its standard error."""
     for key in SAME_IMAGES:
         if a["settings"].get(key) != b["settings"].get(key):
-            raise UsageError(f"the two evaluations score different images: {key} "
+            raise ValueError(f"the two evaluations score different images: {key} "
                              f"{a['settings'].get(key)!r} against {b['settings'].get(key)!r}")
     table = {}
     for score in SCORES:
@@ -74,14 +72,8 @@ def format_table(table: dict[str, dict[str, float]], a: dict, b: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m pyro_vae.paired", description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", help="the first evaluation JSON (the baseline)")
-    parser.add_argument("b", help="the second evaluation JSON, scored on the same images")
-    args = parser.parse_args(argv)
-    a, b = load_evaluation(args.a), load_evaluation(args.b)
-    print(format_table(paired_differences(a, b), a, b))
+if __name__ == "__main__":  # python -m pyro_vae.paired
+    from .cli import run_main
+    from .cli.paired import main
 
-
-if __name__ == "__main__":
     run_main(main)

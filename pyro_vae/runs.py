@@ -25,7 +25,6 @@ import numpy as np
 import pyro
 import torch
 
-from .cli import UsageError
 from .model import VAE, TwoLayerVAE
 
 CONFIG_FILE = "config.json"
@@ -49,7 +48,7 @@ def claim_run_dir(run_dir: str | os.PathLike) -> Iterator[Path]:
 
     The lock is an ``fcntl.flock`` on ``run_dir/.lock``: the OS releases it when the process
     ends, however it ends, so a killed run never leaves a lock that blocks its resumption. A
-    second writer gets a UsageError naming the holder's PID; a path that is a file, or a folder
+    second writer gets a ValueError naming the holder's PID; a path that is a file, or a folder
     that cannot be created or written, gets one too, before any work. The claim nests within one
     process (a recipe may claim what the trainer claims again). A folder created here that is
     still empty when the block ends (the work failed before writing anything) is removed.
@@ -60,13 +59,13 @@ def claim_run_dir(run_dir: str | os.PathLike) -> Iterator[Path]:
         yield run_dir
         return
     if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"{run_dir} is a file, not a run directory")
+        raise ValueError(f"{run_dir} is a file, not a run directory")
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise UsageError(f"cannot write in {run_dir}: {error.strerror or error}") from None
+        raise ValueError(f"cannot write in {run_dir}: {error.strerror or error}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,7 +73,7 @@ def claim_run_dir(run_dir: str | os.PathLike) -> Iterator[Path]:
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UsageError(f"{run_dir} is being written by another process (PID {holder}); "
+            raise ValueError(f"{run_dir} is being written by another process (PID {holder}); "
                              "wait for it to end, or stop it") from None
         _check_writable(run_dir)  # an earlier writer's lock file opens even in a folder now read-only
         os.ftruncate(fd, 0)
@@ -95,11 +94,11 @@ def check_writable_file(path: str | os.PathLike) -> None:
     """Refuse, before any work, an output file whose folder cannot be written."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{path} is a folder; name a file")
+        raise ValueError(f"{path} is a folder; name a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"cannot write in {path.parent}: {error.strerror or error}") from None
+        raise ValueError(f"cannot write in {path.parent}: {error.strerror or error}") from None
     _check_writable(path.parent)
 
 
@@ -109,7 +108,7 @@ def _check_writable(folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise UsageError(f"cannot write in {folder}: {error.strerror or error}") from None
+        raise ValueError(f"cannot write in {folder}: {error.strerror or error}") from None
 
 
 def write_json_or_fallback(path: Path, obj: Any) -> Path:
@@ -175,17 +174,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True; any problem is one UsageError naming the file."""
+    """Read a checkpoint with weights_only=True; any problem is one ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no checkpoint there")
+        raise ValueError(f"{path}: no checkpoint there")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, code-carrying pickle, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"{path}: corrupt or not a pyro_vae checkpoint ({reason[:160]})") from None
+        raise ValueError(f"{path}: corrupt or not a pyro_vae checkpoint ({reason[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path}: not a pyro_vae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+        raise ValueError(f"{path}: not a pyro_vae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     return state
 
 
@@ -286,14 +285,14 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
     """(vae, config) of a run directory, from one read of its checkpoint. A run trained with
     --ema-decay is scored by its averaged weights unless ``weights="last"`` (the last iterate)."""
     if weights not in WEIGHTS:
-        raise UsageError(f"unknown --weights {weights!r}; choose from {', '.join(WEIGHTS)}")
+        raise ValueError(f"unknown weights {weights!r}; choose from {', '.join(WEIGHTS)}")
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
     vae = build_vae(state["config"]).to(device)
     try:
         vae.load_state_dict(state["model_ema"] if "model_ema" in state and weights == "averaged"
                             else state["model"])
     except (RuntimeError, KeyError, TypeError) as error:
-        raise UsageError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
+        raise ValueError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
     pyro.clear_param_store()
     return vae.eval(), state["config"]
 

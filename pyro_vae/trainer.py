@@ -29,9 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed, runs
-from .cli import Interrupted, TrainingFailed, UsageError  # noqa: F401 (Interrupted re-exported)
 from .data import Dataset, load_dataset
-from .fit import Callback, Checkpoint, FitState, fit, make_step, nonfinite_report  # noqa: F401 (make_step re-exported)
+from .fit import (Callback, Checkpoint, FitState, Interrupted, TrainingFailed, fit, make_step,  # noqa: F401
+                  nonfinite_report)  # make_step and Interrupted re-exported
 from .model import VAE
 from .objectives import MAX_PLATE_NESTING, make_elbo
 from .schedules import LR_SCHEDULES, scheduled_rate
@@ -56,7 +56,8 @@ class TrainConfig:
     elbo: str = "trace"
     num_particles: int = 1
     vectorize_particles: bool = False
-    jit: bool = False
+    jit: bool = False  # Pyro's Jit* ELBOs (the library's make_elbo keeps them; the command uses compile)
+    compile: bool = False  # trace the step once and compile it (compiled.py)
     epochs: int = 10
     batch_size: int = 100
     lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
@@ -84,7 +85,7 @@ def make_weight_average(vae: VAE, decay: float) -> torch.optim.swa_utils.Average
     """Polyak averaging for evaluation: after every step, average <- decay * average + (1 - decay) *
     weights (the first step copies them). The optimizer never sees the average; None if decay is 0."""
     if not 0.0 <= decay < 1.0:
-        raise UsageError(f"--ema-decay must be in [0, 1), got {decay}")
+        raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
     if not decay:
         return None
     return torch.optim.swa_utils.AveragedModel(
@@ -95,11 +96,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device; use 'cpu'")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown --device {name!r}; choose from auto, cpu, cuda") from None
+        raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda") from None
 
 
 def world_and_device(name: str) -> tuple[distributed.World, torch.device]:
@@ -111,9 +112,9 @@ def world_and_device(name: str) -> tuple[distributed.World, torch.device]:
 
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     if config.optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if config.lr_schedule not in LR_SCHEDULES:
-        raise UsageError(f"unknown --lr-schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
     # the fused kernel is the same Adam, about 10% faster a step on the CPU
     extra = {"eps": config.adam_eps, "fused": True} if config.optimizer == "adam" else {}
     return OPTIMIZERS[config.optimizer](parameters, lr=learning_rate(config, 0), **extra)
@@ -164,16 +165,17 @@ class _StopFlag:
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber an earlier run by mistake, or to resume one that is not there."""
     if resume and overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pass one")
+        raise ValueError("resume and overwrite contradict each other; ask for one")
     if resume and not (run_dir / runs.CHECKPOINT_FILE).exists():
-        raise UsageError(f"--resume: {run_dir} holds no {runs.CHECKPOINT_FILE} to resume from")
+        raise ValueError(f"cannot resume: {run_dir} holds no {runs.CHECKPOINT_FILE}")
     if not resume and not overwrite and runs.is_run_dir(run_dir):
-        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                         "--overwrite to replace it")
+        raise ValueError(f"{run_dir} already holds a run; resume it, or overwrite it to replace it")
 
 
 # settings a resumed run may change; every other one is the run's own
-RESUMABLE_SETTINGS = frozenset({"epochs", "device", "eval_samples", "data_dir", "run_dir", "max_seconds"})
+# settings a resumed run may change: none changes what is computed (compile: the same draws,
+# floating-point rounding apart)
+RESUMABLE_SETTINGS = frozenset({"epochs", "device", "eval_samples", "data_dir", "run_dir", "max_seconds", "compile"})
 
 
 def differs(given, stored) -> bool:
@@ -191,8 +193,7 @@ def refuse_changed_settings(run_dir: Path, stored: dict, config: dict,
         if key in may_change or key == "versions" or (key == "binarize" and value is None):
             continue
         if differs(value, stored.get(key, defaults.get(key))):
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{run_dir} was trained with {flag} {_show(stored.get(key, defaults.get(key)))}, not "
+            raise ValueError(f"{run_dir} was trained with {key} = {_show(stored.get(key, defaults.get(key)))}, not "
                              f"{_show(value)}; a resumed run keeps its settings (use another run "
                              "directory for new ones)")
 
@@ -240,7 +241,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
         refuse_changed_settings(run_dir, state["config"], config.to_dict(), may_change)
         rank_states = state.get("rng_ranks") or [state["rng"]]
         if len(rank_states) != world.size:
-            raise UsageError(f"{checkpoint_path} was written by {len(rank_states)} process(es); "
+            raise ValueError(f"{checkpoint_path} was written by {len(rank_states)} process(es); "
                              f"resume it with the same number, not {world.size}")
     if not world.is_main:
         log = _quiet
@@ -250,7 +251,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
                                config.train_size, config.valid_size)
     config.binarize = dataset.binarize
     if config.batch_size * world.size > len(dataset.train):
-        raise UsageError(f"--batch-size {config.batch_size} x {world.size} process(es) is larger than the "
+        raise ValueError(f"batch_size {config.batch_size} x {world.size} process(es) is larger than the "
                          f"{len(dataset.train)} training images")
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)  # the same initial parameters on every rank
@@ -289,7 +290,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
         EpochLog(log, len(dataset.valid) > 0, config.max_seconds),
     ]
     final = fit(vae, dataset, elbo, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
-                callbacks=callbacks, seed=config.seed, rank=world.rank, world_size=world.size)
+                callbacks=callbacks, seed=config.seed, rank=world.rank, world_size=world.size, compile=config.compile)
     return TrainedRun(final.history, evaluated, vae, dataset)
 
 

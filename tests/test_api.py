@@ -150,6 +150,30 @@ def test_the_package_exports_its_api():
     assert pyro_vae.__version__
 
 
+def test_the_library_does_not_reach_into_the_commands():
+    """Only pyro_vae/cli/ (and the recipes the experiments command runs) turn errors into exit
+    codes and talk in flags: no library module imports pyro_vae.cli, and no library error
+    message names a flag."""
+    import ast
+    from pathlib import Path
+
+    package = Path(pyro_vae.__file__).parent
+    library = [p for p in package.glob("*.py")]
+    assert {p.stem for p in library} >= {"fit", "marginal", "objectives", "estimators", "runs", "data", "trainer"}
+    for path in library:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1 and (node.module or "").startswith("cli"):
+                # the `python -m pyro_vae.X` entry points may start their command
+                inside_main_guard = any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)
+                                        and node in list(ast.walk(n)) for n in tree.body)
+                assert inside_main_guard, f"{path.name} imports pyro_vae.cli"
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                text = " ".join(c.value for c in ast.walk(node.exc)
+                                if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                assert " --" not in f" {text}" and "(--" not in text, f"{path.name}: {text}"
+
+
 @pytest.mark.parametrize("run", ["paper-trace-L1-21000ep-equal1800-ema0.9999"])
 def test_a_committed_run_loads_and_scores_as_it_did(run, data_dir, tmp_path):
     """The first image batch of a committed K = 5000 score, drawn again: the same samples."""

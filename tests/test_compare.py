@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pyro_vae import compare
+from pyro_vae.cli import compare as compare_cli
 from pyro_vae.gradients import gradient_moments, snr_summary
 from pyro_vae.model import VAE
 from pyro_vae.objectives import make_elbo
@@ -62,7 +63,7 @@ def test_iwae_bound_is_above_the_elbo_and_grows_with_k(small_model):
 
 def test_fixed_model_scores_every_estimator(small_model):
     vae, x = small_model
-    specs = compare.parse_estimators("trace:1,meanfield:1,iwae:5,stl:1,dreg:5,miwae:2x3,piwae:2x3,ciwae:5")
+    specs = compare_cli.parse_estimators("trace:1,meanfield:1,iwae:5,stl:1,dreg:5,miwae:2x3,piwae:2x3,ciwae:5")
     rows = compare.score_fixed_model(vae, x[:4], x, specs, repeats=5, seed=0, progress=False)
     assert [r["label"] for r in rows] == ["trace L=1", "meanfield L=1", "iwae K=5", "stl L=1", "dreg K=5",
                                           "miwae M=2 K=3", "piwae M=2 K=3", "ciwae K=5"]
@@ -87,7 +88,7 @@ def test_fixed_model_scores_every_estimator(small_model):
     ([".", "--hidden-dims", "10"], "--hidden-dims applies only to training mode"),
 ])
 def test_bad_compare_input(argv, message, capsys):
-    status, err = call(compare.main, argv, capsys)
+    status, err = call(compare_cli.main, argv, capsys)
     assert status == 2 and message in err and err.count("\n") == 1, err
 
 

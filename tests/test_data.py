@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.cli import UsageError
 from pyro_vae.data import epoch_permutation, load_dataset
 from tests.conftest import synthetic_dataset
 
@@ -69,12 +68,12 @@ def test_compressed_files_alone_are_extracted_into_the_cache(data_dir, isolated)
 def test_missing_data_names_places_and_files(isolated):
     empty = isolated / "empty"
     empty.mkdir()
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(ValueError) as error:
         load_dataset("mnist", data_dir=empty)
     message = str(error.value)
     assert str(empty) in message and "cache" in message and "train-images-idx3-ubyte.gz" in message
     assert "PYRO_VAE_DATA" in message and "\n" not in message
-    with pytest.raises(UsageError, match="not a directory"):
+    with pytest.raises(ValueError, match="not a directory"):
         load_dataset("mnist", data_dir=isolated / "nowhere")
 
 
@@ -85,7 +84,7 @@ def test_corrupt_file_is_refused_by_checksum(data_dir, isolated):
     content[100] ^= 0xFF
     victim.unlink()
     victim.write_bytes(bytes(content))
-    with pytest.raises(UsageError, match="md5"):
+    with pytest.raises(ValueError, match="md5"):
         load_dataset("mnist", data_dir=isolated / "bad")
 
 
@@ -96,7 +95,7 @@ def test_truncated_idx_is_refused(data_dir, isolated):
         shutil.copyfile(data_dir / "MNIST" / "raw" / name, raw / name)
     with open(raw / "t10k-images-idx3-ubyte", "r+b") as f:
         f.truncate(1000)
-    with pytest.raises(UsageError, match="t10k|IDX|shape"):
+    with pytest.raises(ValueError, match="t10k|IDX|shape"):
         load_dataset("fashion-mnist", data_dir=isolated / "trunc")
 
 
@@ -127,11 +126,11 @@ def test_fashion_mnist_from_debian_package(isolated):
 
 
 def test_bad_names_are_refused():
-    with pytest.raises(UsageError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("cifar")
-    with pytest.raises(UsageError, match="already binary"):
+    with pytest.raises(ValueError, match="already binary"):
         load_dataset("binarized-mnist", "dynamic")
-    with pytest.raises(UsageError, match="static"):
+    with pytest.raises(ValueError, match="static"):
         load_dataset("fashion-mnist", "static")
 
 

@@ -169,7 +169,7 @@ def test_the_estimators_train_the_seed_vae_through_svi(name, options):
 
 
 def test_the_trainer_drives_them_and_keeps_their_options_across_a_resume(tmp_path, capsys):
-    from pyro_vae import train as train_cli
+    from pyro_vae.cli import train as train_cli
     from pyro_vae.runs import load_checkpoint
     from pyro_vae.trainer import TrainConfig, train
     from tests.conftest import synthetic_dataset

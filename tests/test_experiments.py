@@ -4,14 +4,16 @@
 import pytest
 import torch
 
-from pyro_vae import experiments, runs
+from pyro_vae import runs
+from pyro_vae.cli import experiments
+from pyro_vae.recipes.manifold import draw_manifold, latent_grid
 from pyro_vae.cli import UsageError
 from pyro_vae.model import VAE
 from pyro_vae.runs import read_metrics
 
 
 def test_latent_grid_is_the_inverse_normal_cdf_of_an_even_grid():
-    z = experiments.latent_grid(4).double()
+    z = latent_grid(4).double()
     assert z.shape == (16, 2)
     u = torch.distributions.Normal(0.0, 1.0).cdf(z)
     assert torch.allclose(u[:4, 0], torch.tensor([0.125, 0.375, 0.625, 0.875], dtype=torch.float64), atol=1e-6)
@@ -57,7 +59,7 @@ def test_manifold_and_figures_write_pngs(tmp_path, data_dir, monkeypatch, capsys
 def test_draw_manifold_with_class_names(tmp_path):
     vae = VAE(latent_dim=2, hidden_dims=(8,))
     images, labels = torch.rand(50, 784), torch.arange(50) % 10
-    paths = experiments.draw_manifold(vae, images, labels, tmp_path, 3, [f"class {i}" for i in range(10)])
+    paths = draw_manifold(vae, images, labels, tmp_path, 3, [f"class {i}" for i in range(10)])
     assert all(p.stat().st_size > 1000 for p in paths)
 
 

@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from pyro_vae import runs, train
+from pyro_vae import runs
+from pyro_vae.cli import train
 from pyro_vae.runs import claim_run_dir, load_checkpoint, read_metrics, save_checkpoint
 from tests.conftest import REPO
 from tests.test_cli import call

@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from pyro_vae.cli import UsageError
 from pyro_vae.paired import paired_differences
 from tests.conftest import run_cli
 
@@ -32,9 +31,9 @@ def test_the_difference_and_its_standard_error_are_those_of_the_per_image_differ
 
 def test_evaluations_of_different_images_are_refused():
     a = report([-80.0, -90.0], [-85.0, -95.0])
-    with pytest.raises(UsageError, match="different images: split 'test' against 'valid'"):
+    with pytest.raises(ValueError, match="different images: split 'test' against 'valid'"):
         paired_differences(a, report([-80.0, -90.0], [-85.0, -95.0], split="valid"))
-    with pytest.raises(UsageError, match="num_images 2 against 3"):
+    with pytest.raises(ValueError, match="num_images 2 against 3"):
         paired_differences(a, report([-80.0, -90.0, -70.0], [-85.0, -95.0, -75.0]))
 
 

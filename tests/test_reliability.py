@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyro_vae import load_run
-from pyro_vae.cli import TrainingFailed, UsageError
+from pyro_vae.fit import TrainingFailed
 from pyro_vae.runs import CHECKPOINT_FORMAT, load_checkpoint, read_metrics, save_checkpoint
 from pyro_vae.trainer import TrainConfig, train
 from tests.conftest import REPO, run_cli, synthetic_dataset
@@ -79,7 +79,7 @@ def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
                          eval_samples=0)
     train(config, synthetic_dataset(), progress=False, log=lambda _: None)
     before = (run / "checkpoint.pt").read_bytes()
-    with pytest.raises(UsageError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run"):
         train(config, synthetic_dataset(), progress=False)
     assert (run / "checkpoint.pt").read_bytes() == before
     (run / "notes.txt").write_text("mine")
@@ -87,7 +87,7 @@ def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
     train(config, synthetic_dataset(), overwrite=True, progress=False, log=lambda _: None)
     assert (run / "notes.txt").read_text() == "mine"  # --overwrite removes only run outputs
     assert not (run / "learning_curve.csv").exists()
-    with pytest.raises(UsageError, match="contradict"):
+    with pytest.raises(ValueError, match="contradict"):
         train(config, synthetic_dataset(), overwrite=True, resume=True, progress=False)
 
 
@@ -97,7 +97,7 @@ def test_truncated_checkpoint_gives_one_clear_line(tmp_path, data_dir):
     train(config, synthetic_dataset(), progress=False, log=lambda _: None)
     content = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(content[: len(content) // 2])
-    with pytest.raises(UsageError, match="corrupt or not a pyro_vae checkpoint"):
+    with pytest.raises(ValueError, match="corrupt or not a pyro_vae checkpoint"):
         load_run(run)
     for module, args in (("pyro_vae.train", ["--run-dir", str(run), "--resume"]),
                          ("pyro_vae.evaluate", [str(run)])):
@@ -118,11 +118,11 @@ def test_checkpoint_with_code_is_refused_and_never_run(tmp_path):
     MARKER.unlink(missing_ok=True)
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "payload": RunsCode()}, path)
-    with pytest.raises(UsageError, match="corrupt or not a pyro_vae checkpoint"):
+    with pytest.raises(ValueError, match="corrupt or not a pyro_vae checkpoint"):
         load_checkpoint(path)
     assert not MARKER.exists()
     torch.save({"weights": torch.zeros(3)}, path)  # loadable, but foreign
-    with pytest.raises(UsageError, match="not a pyro_vae checkpoint"):
+    with pytest.raises(ValueError, match="not a pyro_vae checkpoint"):
         load_checkpoint(path)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import evaluate, experiments, train
+from pyro_vae.cli import evaluate, experiments, train
 from pyro_vae.evaluate import format_summary
 from pyro_vae.marginal import low_ess_threshold, summarize
 from pyro_vae.runs import LOCK_FILE, claim_run_dir, load_checkpoint, read_metrics
@@ -131,7 +131,7 @@ def without_write_permission() -> list[str]:
 
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, sys
-    from pyro_vae import evaluate, experiments, train
+    from pyro_vae.cli import evaluate, experiments, train
     from pyro_vae.cli import run_main
     results = []
     for module, argv in json.loads(sys.argv[1]):
@@ -247,9 +247,9 @@ def test_a_rerun_recipe_refuses_a_changed_setting_before_the_data_is_read(tmp_pa
     assert call(experiments.main, [*PAPER, *out, "--train-size", "200"], capsys)[0] == 0
     run = tmp_path / "paper-trace-L1-1ep"
     before = tree_state(run)
-    for change, message in ((["--train-size", "300"], "--train-size 200, not 300"),
-                            (["--train-size", "200", "--seed", "5"], "--seed 0, not 5"),
-                            (["--train-size", "200", "--lr", "0.002"], "--lr 0.001, not 0.002")):
+    for change, message in ((["--train-size", "300"], "train_size = 200, not 300"),
+                            (["--train-size", "200", "--seed", "5"], "seed = 0, not 5"),
+                            (["--train-size", "200", "--lr", "0.002"], "lr = 0.001, not 0.002")):
         status, err = call(experiments.main, [*PAPER, *out, *MISSING_DATA, *change], capsys)
         assert status == 2 and err.count("\n") == 1 and message in err, err
     assert tree_state(run) == before
@@ -266,7 +266,7 @@ def test_manifold_rerun_reuses_only_the_same_model_and_refuses_flags_it_would_ig
     run = tmp_path / "manifold-mnist-J2"
     checkpoint = (run / "checkpoint.pt").read_bytes()
     status, err = call(experiments.main, [*MANIFOLD, "--out", str(tmp_path), "--epochs", "2"], capsys)
-    assert status == 2 and "--epochs 1, not 2" in err, err
+    assert status == 2 and "epochs = 1, not 2" in err, err
     assert call(experiments.main, [*MANIFOLD, *out], capsys)[0] == 0  # the same settings: redrawn only
     assert (run / "checkpoint.pt").read_bytes() == checkpoint
     status, err = call(experiments.main, ["manifold", "--run-dir", str(run), "--epochs", "3"], capsys)
@@ -279,7 +279,7 @@ def test_latent_sweep_refuses_a_changed_setting_of_an_earlier_run(tmp_path, data
              "--eval-samples", "0", "--no-progress", "--out", str(tmp_path)]
     assert call(experiments.main, sweep, capsys)[0] == 0
     status, err = call(experiments.main, [*sweep, "--optimizer", "adagrad", *MISSING_DATA], capsys)
-    assert status == 2 and "--optimizer adam, not adagrad" in err, err
+    assert status == 2 and "optimizer = adam, not adagrad" in err, err
     status, err = call(experiments.main, [*sweep[:-1], str(tmp_path), "--dataset", "fashion"], capsys)
     assert status == 2 and "--dataset" in err, err
     # the earlier run is intact and still extends with more epochs

@@ -77,7 +77,8 @@ def test_every_estimator_trains_the_two_layer_model(name, options):
 def test_train_runs_the_two_layer_model_and_refuses_sizes_it_fixes(tmp_path, data_dir, monkeypatch, capsys):
     import json
 
-    from pyro_vae import load_run, train
+    from pyro_vae import load_run
+    from pyro_vae.cli import train
 
     monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
     run = tmp_path / "run"

@@ -19,20 +19,18 @@ def latent_sweep(args) -> None:
     from .. import runs
     from ..data import load_dataset
     from ..train import train_and_report
-    from ..trainer import RESUMABLE_SETTINGS, TrainConfig, resolve_device
+    from ..cli import train_config
+    from ..trainer import RESUMABLE_SETTINGS, resolve_device
 
     out = Path(args.out)
     device = resolve_device(args.device)
     with runs.claim_run_dir(out):  # the sweep's table and figures; each J's run is claimed in turn
-        configs = [TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
-                               train_size=args.train_size, latent_dim=latent_dim,
-                               hidden_dims=args.hidden_dims, epochs=args.epochs, optimizer=args.optimizer,
-                               lr=args.lr, seed=args.seed, device=args.device,
-                               eval_samples=args.eval_samples, run_dir=str(out / f"J{latent_dim}"))
+        configs = [train_config(args, latent_dim=latent_dim, run_dir=str(out / f"J{latent_dim}"))
                    for latent_dim in args.latent_dims]
         # every earlier run is checked against the settings asked for before any work
         found = [existing_run(Path(c.run_dir), c, RESUMABLE_SETTINGS) for c in configs]
-        data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
+        first = configs[0]
+        data = load_dataset(first.dataset, first.binarize, first.data_dir, device, first.train_size)
         results = []
         for config, state in zip(configs, found):
             run_dir, latent_dim = Path(config.run_dir), config.latent_dim

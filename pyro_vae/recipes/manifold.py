@@ -29,7 +29,8 @@ def manifold(args) -> None:
     from .. import runs
     from ..data import load_dataset
     from ..train import train_and_report
-    from ..trainer import TrainConfig, resolve_device
+    from ..cli import train_config
+    from ..trainer import resolve_device
 
     device = resolve_device(args.device)
     if args.run_dir:
@@ -46,10 +47,7 @@ def manifold(args) -> None:
         if getattr(args, name) is None:
             setattr(args, name, default)
     run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
-    config = TrainConfig(dataset=args.dataset, binarize=args.binarize, data_dir=args.data_dir,
-                         train_size=args.train_size, latent_dim=2, hidden_dims=args.hidden_dims,
-                         epochs=args.epochs, seed=args.seed, device=args.device,
-                         eval_samples=0, run_dir=str(run_dir))
+    config = train_config(args, latent_dim=2, eval_samples=0, run_dir=str(run_dir))
     with runs.claim_run_dir(run_dir):
         # a run made here before is reused only with the very same settings (epochs included)
         state = existing_run(run_dir, config, {"device", "data_dir", "run_dir"})

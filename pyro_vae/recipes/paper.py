@@ -28,7 +28,8 @@ def paper(args) -> None:
     from .. import runs
     from ..train import train_and_report
     from ..schedules import BURDA_EPOCHS
-    from ..trainer import RESUMABLE_SETTINGS, TrainConfig
+    from ..cli import train_config
+    from ..trainer import RESUMABLE_SETTINGS
 
     name = f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
     if args.schedule_epochs and args.schedule_epochs >= args.epochs:
@@ -39,15 +40,10 @@ def paper(args) -> None:
     name += f"-b{args.batch_size}" if args.batch_size != PAPER_BATCH_SIZE else ""
     name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
-    config = TrainConfig(dataset="mnist", binarize="dynamic", data_dir=args.data_dir, valid_size=0,
-                         train_size=args.train_size, latent_dim=PAPER_LATENT_DIM, hidden_dims=PAPER_HIDDEN_DIMS,
-                         elbo=args.elbo, num_particles=args.num_particles,
-                         vectorize_particles=args.num_particles > 1, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                         schedule_epochs=args.schedule_epochs, ema_decay=args.ema_decay, adam_eps=1e-4,
-                         optimizer="adam", device=args.device, seed=args.seed,
-                         eval_samples=args.eval_samples, run_dir=str(run_dir),
-                         snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
+    config = train_config(args, dataset="mnist", binarize="dynamic", valid_size=0, latent_dim=PAPER_LATENT_DIM,
+                          hidden_dims=PAPER_HIDDEN_DIMS, vectorize_particles=args.num_particles > 1,
+                          ema_decay=args.ema_decay, adam_eps=1e-4, optimizer="adam", run_dir=str(run_dir),
+                          snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
     # what the name does not fix (seed, base rate, training images) must match a run resumed here;
     # a continuation (a new name) may also change the schedule, the batch size and the average
     may_change = RESUMABLE_SETTINGS | {"snapshot_epochs"}

@@ -1,4 +1,9 @@
-"""What every command-line entry point shares: one-line errors, exit codes, flag checks.
+"""The commands: ``pyro-vae train|evaluate|compare|paired|experiments`` (also ``python -m
+pyro_vae.COMMAND``), one module each here; this file holds what they share: one-line errors,
+exit codes, flag types, the flags several commands take, and the TrainConfig those flags make.
+
+The library below them raises Python exceptions (``ValueError`` for bad input); only here do
+they become one line on stderr and an exit status.
 
 Bad input (a flag, a data set, a checkpoint, an output folder that cannot be written, a run
 directory another process is writing) ends a command with ONE line on stderr and exit status 2,
@@ -12,6 +17,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from ..fit import Interrupted, TrainingFailed
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -20,14 +27,6 @@ EXIT_INTERRUPTED = 130
 class UsageError(ValueError):
     """Bad input from the user: a flag, a path, a data file or a checkpoint. A ValueError, so
     that code calling the library catches it as Python's own."""
-
-
-class TrainingFailed(Exception):
-    """The work started but could not go on (e.g. a non-finite loss)."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Work stopped by Ctrl-C after saving a checkpoint; the message says where."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -65,11 +64,47 @@ def _parse(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
+def add_net_flags(group, latent_dim: bool = True) -> None:
+    """--hidden-dims (and --latent-dim): the seed VAE's size. Unset flags stay None and take
+    TrainConfig's defaults in :func:`train_config`."""
+    from ..trainer import TrainConfig
+
+    d = TrainConfig()
+    if latent_dim:
+        group.add_argument("--latent-dim", type=positive_int, help=f"J, size of z (default {d.latent_dim})")
+    group.add_argument("--hidden-dims", type=positive_int, nargs="+", metavar="H",
+                       help="tanh hidden layers of the encoder, mirrored by the decoder "
+                            f"(default {' '.join(map(str, d.hidden_dims))}; '200 200' is Burda's net)")
+
+
+def add_data_flags(group, dataset: bool = True) -> None:
+    """--dataset, --binarize (unless the command fixes the data), --data-dir, --train-size."""
+    from ..data import BINARIZATIONS, DATASETS
+
+    if dataset:
+        group.add_argument("--dataset", choices=DATASETS, help="(default mnist)")
+        group.add_argument("--binarize", choices=BINARIZATIONS,
+                           help="none: grey levels (default for mnist, fashion-mnist); dynamic: fresh "
+                                "Bernoulli draw per use; static: Larochelle & Murray's files")
+    group.add_argument("--data-dir", help="folder holding the data (else $PYRO_VAE_DATA, then "
+                                          "~/.cache/pyro_vae, then a download)")
+    group.add_argument("--train-size", type=positive_int, help="use only the first N training images")
+
+
+def train_config(args: argparse.Namespace, **settings):
+    """The TrainConfig that the given flags (those not None) ask for, ``settings`` over them:
+    the one place a command's flags become a training run's settings."""
+    from ..trainer import TrainConfig
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{**given, **settings})
+
+
 def run_main(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI `main`, turning known failures into one line and an exit status."""
     try:
         main(argv)
-    except UsageError as error:
+    except ValueError as error:  # UsageError, and the library's own errors for bad input
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except TrainingFailed as error:
@@ -117,5 +152,5 @@ def dispatch(argv: Sequence[str] | None = None) -> None:
         print(f"error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)} (see pyro-vae --help)",
               file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    module = importlib.import_module(f"pyro_vae.{argv[0]}")
+    module = importlib.import_module(f"pyro_vae.cli.{argv[0]}")
     run_main(module.main, argv[1:])

@@ -1,0 +1,141 @@
+"""``python -m pyro_vae.train`` (``pyro-vae train``): flags -> TrainConfig -> train_and_report.
+
+The defaults train the seed model (784-500-20, tanh, grey-level MNIST, batch 100, Adam) for
+10 epochs, which takes a few minutes on two CPU cores. See docs/cli.md for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .. import distributed, runs
+from ..model import MODELS, TwoLayerVAE
+from ..objectives import OBJECTIVES
+from ..train import train_and_report
+from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, differs
+from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_float,
+               positive_int, run_main, train_config)
+
+DEFAULTS = TrainConfig()
+# the estimators' own options, kept in TrainConfig.extra: flag -> the estimators that take it
+ESTIMATOR_OPTIONS = {"alpha": ("renyi",), "num_estimates": ("miwae", "piwae"), "beta": ("ciwae",)}
+
+
+def build_parser() -> ArgumentParser:
+    d = DEFAULTS
+    p = ArgumentParser(prog="python -m pyro_vae.train", description=__doc__.split("\n\n")[0])
+    # Flags default to None so that a resumed run can tell which ones were given.
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=MODELS,
+                       help="vae: the seed's VAE, sized by --latent-dim and --hidden-dims; burda2: Burda et "
+                            "al.'s two stochastic layers, 784-200-200-100-100-50 (default vae)")
+    add_net_flags(model)
+    objective = p.add_argument_group("objective")
+    objective.add_argument("--elbo", choices=sorted(OBJECTIVES), help=f"estimator (default {d.elbo})")
+    objective.add_argument("--num-particles", type=positive_int,
+                           help=f"L, samples of z per image per step (default {d.num_particles})")
+    objective.add_argument("--vectorize-particles", action="store_true", default=None,
+                           help="draw the L particles in one batched pass instead of a Python loop")
+    objective.add_argument("--alpha", type=float,
+                           help="Renyi's alpha for --elbo renyi (default 0.5; 0 is iwae, 1 the ELBO)")
+    objective.add_argument("--num-estimates", type=positive_int,
+                           help="M, the IWAE estimates averaged by --elbo miwae and piwae (default 1)")
+    objective.add_argument("--beta", type=float,
+                           help="ELBO's weight in --elbo ciwae's beta*ELBO + (1-beta)*IWAE (default 0.5)")
+    objective.add_argument("--compile", action="store_true", default=None,
+                           help="trace the step once and compile it with torch.compile: faster steps after a "
+                                "one-off compilation of tens of seconds; the program's structure must not "
+                                "depend on the data (see docs/cli.md)")
+    objective.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)  # retired: a pointer to --compile
+    data = p.add_argument_group("data")
+    add_data_flags(data)
+    data.add_argument("--valid-size", type=non_negative_int,
+                      help=f"images held out from the end of MNIST's 60k training set for validation "
+                           f"(default {d.valid_size}; binarized-mnist has its own)")
+    optim = p.add_argument_group("optimization")
+    optim.add_argument("--epochs", type=positive_int, help=f"(default {d.epochs})")
+    optim.add_argument("--batch-size", type=positive_int, help=f"(default {d.batch_size}, as the seed)")
+    optim.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3 for adam, 1e-2 for adagrad)")
+    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                       help="constant, or burda: 3^i epochs at lr x 10^(-i/7), i = 0..7 (default constant)")
+    optim.add_argument("--adam-eps", type=positive_float, help="Adam's epsilon (default 1e-8; Burda et al. 1e-4)")
+    optim.add_argument("--ema-decay", type=float,
+                       help="score the run by an exponential moving average of the weights with this "
+                            "decay per step, e.g. 0.999 (default 0: the weights themselves)")
+    optim.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                       help=f"(default {d.optimizer}; Kingma & Welling used adagrad)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", help="auto, cpu or cuda (default auto: cuda when available)")
+    run.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    run.add_argument("--eval-samples", type=non_negative_int,
+                     help=f"K for the importance-sampled test log p(x) at the end; 0 skips it "
+                          f"(default {d.eval_samples})")
+    run.add_argument("--run-dir", help="output folder (default runs/<dataset>-<elbo>-L<L>-J<J>-<time>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args) -> tuple[TrainConfig, dict]:
+    if args.jit:
+        raise UsageError("--jit (Pyro's Jit* ELBOs, 5x slower than the eager step here) is retired: use --compile")
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k in TrainConfig.__dataclass_fields__}
+    if args.resume:
+        if not args.run_dir:
+            raise UsageError("--resume needs --run-dir (the run to continue)")
+        if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
+            raise UsageError(f"{args.run_dir} is a file, not a run directory")
+        stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
+        given.update({k: getattr(args, k) for k in ESTIMATOR_OPTIONS if getattr(args, k) is not None})
+        stored = {**stored, **stored.get("extra", {})}
+        stored = {**DEFAULTS.to_dict(), **stored}  # a setting added since the run was made had its default
+        changed = sorted(k for k, v in given.items()
+                         if k not in RESUMABLE_SETTINGS and differs(v, stored.get(k)))
+        if changed:
+            raise UsageError(f"a resumed run keeps its settings; drop --{changed[0].replace('_', '-')} "
+                             f"(the run has {stored.get(changed[0])!r})")
+        # the folder given is the run: the stored run_dir is where it was written, not a target
+        config = TrainConfig(**{**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__},
+                                **{k: v for k, v in given.items() if k in RESUMABLE_SETTINGS},
+                                "run_dir": args.run_dir})
+    else:
+        config = train_config(args)
+        if config.model == "burda2":
+            fixed = [flag for flag in ("latent_dim", "hidden_dims") if flag in given]
+            if fixed:
+                raise UsageError(f"--{fixed[0].replace('_', '-')}: --model burda2 has Burda et al.'s sizes")
+            config.latent_dim, config.hidden_dims = TwoLayerVAE.latent_dims[-1], (200, 200)
+        for option, estimators in ESTIMATOR_OPTIONS.items():
+            if getattr(args, option) is not None:
+                if config.elbo not in estimators:
+                    raise UsageError(f"--{option.replace('_', '-')} applies only to --elbo {' and '.join(estimators)}")
+                config.extra[option] = getattr(args, option)
+        if not 0 <= config.extra.get("beta", 0) <= 1:
+            raise UsageError(f"--beta must be in [0, 1], got {config.extra['beta']}")
+    if config.run_dir is None:
+        config.run_dir = str(Path("runs") / (f"{config.dataset}-{config.elbo}-L{config.num_particles}"
+                                             f"-J{config.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return config, given
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config, _ = config_from_args(args)
+    try:
+        train_and_report(config, resume=args.resume, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    except Interrupted as stop:
+        if distributed.current_world().is_main:
+            print(f"{stop}; resume with: python -m pyro_vae.train --run-dir {config.run_dir} --resume")
+        raise KeyboardInterrupt from None  # exit 130 without repeating the message
+
+
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,115 @@
+"""A Pyro step traced once and compiled: ``CompiledLoss``, behind ``fit(..., compile=True)`` and
+``python -m pyro_vae.train --compile``.
+
+    values = module's parameters (graph inputs, so the optimizer's in-place updates are seen)
+    graph  = make_fx(values, x -> (loss, d loss / d values))     # Pyro's Python runs here, once
+    step   = torch.compile(graph)                                  # every later step runs only this
+
+``make_fx`` records the aten operations that ``elbo.differentiable_loss(module.model,
+module.guide, x)`` and ``torch.autograd.grad`` execute: Pyro's handlers, distribution objects and
+plates run once, at tracing, and leave only tensor arithmetic behind, forward and backward. The
+random draws are graph operations too, so every call draws afresh from torch's generator, in the
+same order as the eager step. Inductor normally swaps them for its own generator; here it keeps
+torch's (``fallback_random``), so a compiled step draws the same numbers as an eager one at the
+same seed, and a resumed compiled run repeats an uninterrupted one exactly.
+
+The contract, as for Pyro's ``Jit*`` ELBOs: the program's structure (its sample sites, their
+shapes, its control flow) must not depend on the data's values or on the random draws; a
+program that branches on them is traced along one branch. A batch of another shape (the short
+last batch of an epoch) runs eagerly rather than paying a second compilation. Buffers are read
+as they were at tracing (a module that updates buffers, e.g. batch norm, needs the eager step).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyro
+import torch
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+
+class _Objective(nn.Module):
+    """The ELBO's loss as a module's forward, so that torch.func.functional_call can swap the
+    wrapped module's parameters for traced inputs."""
+
+    def __init__(self, module: nn.Module, elbo):
+        super().__init__()
+        self.module, self.elbo = module, elbo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.module.model, self.module.guide, x)
+
+
+class CompiledLoss:
+    """``loss, grads = compiled(x)``: the loss (-ELBO summed over the batch) and its gradients
+    with respect to ``module``'s parameters (None for one the loss does not use), from a graph
+    traced at the first call and compiled once per batch shape (see the module docstring).
+
+    ``backend`` is torch.compile's ("inductor", the default), or None to run the traced graph
+    as it is (no compilation: for checking a trace). On CUDA, ``cuda_graphs`` (default True)
+    replays the compiled step as a CUDA graph, so one step costs one launch.
+    """
+
+    def __init__(self, module: nn.Module, elbo, backend: str | None = "inductor", cuda_graphs: bool = True):
+        if not hasattr(elbo, "differentiable_loss"):
+            raise ValueError(f"{type(elbo).__name__} has no differentiable_loss to trace")
+        self.objective = _Objective(module, elbo)
+        self.names = [name for name, _ in self.objective.named_parameters()]
+        self.params = [p for _, p in self.objective.named_parameters()]
+        # detached views share the parameters' storage: in-place optimizer updates reach the graph
+        self.values = [p.detach() for p in self.params]
+        self.backend, self.cuda_graphs = backend, cuda_graphs
+        self.steps: dict[tuple, Callable] = {}
+        self.shape: torch.Size | None = None  # the batch shape traced first: the epoch's full batches
+
+    def accepts(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` has the shape of the traced batches (the first seen); others run eagerly."""
+        return self.shape is None or x.shape == self.shape
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        key = (tuple(x.shape), x.dtype, x.device)
+        step = self.steps.get(key)
+        if step is None:
+            step = self.steps[key] = self._compile(self.trace(x), x.device)
+            self.shape = self.shape or x.shape
+        loss, grads = step(self.values, x)
+        return loss, list(grads)
+
+    def trace(self, x: torch.Tensor) -> torch.fx.GraphModule:
+        """The aten graph of (parameter values, x) -> (loss, gradients). Tracing runs the step
+        once for real, inside a forked RNG, so it leaves torch's random stream as it found it."""
+        names = self.names
+
+        def loss_and_grads(values: list[torch.Tensor], x: torch.Tensor):
+            loss = torch.func.functional_call(self.objective, dict(zip(names, values)), (x,))
+            grads = torch.autograd.grad(loss, values, allow_unused=True)
+            return loss.detach(), grads
+
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+            inputs = [v.clone().requires_grad_() for v in self.values]
+            return make_fx(loss_and_grads)(inputs, x)
+
+    def _compile(self, graph: torch.fx.GraphModule, device: torch.device) -> Callable:
+        if self.backend is None:
+            return graph
+        # fallback_random: torch's generator, not inductor's, so draws match the eager step's
+        options = {"fallback_random": True}
+        if device.type == "cuda" and self.cuda_graphs and self.backend == "inductor":
+            options["triton.cudagraphs"] = True
+        compiled = torch.compile(graph, backend=self.backend, dynamic=False,
+                                 options=options if self.backend == "inductor" else None)
+
+        def run(values, x):
+            with torch.no_grad():  # the graph holds its own backward: no autograd around it
+                return compiled(values, x)
+        return run
+
+
+def host_reads(graph: torch.fx.GraphModule) -> list[str]:
+    """The nodes of a traced step that would read a device value on the host (``.item()``, a
+    data-dependent branch): none, for a step that never waits for the device."""
+    reads = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default"}
+    return [str(n.target) for n in graph.graph.nodes if n.op == "call_function" and str(n.target) in reads]
