@@ -36,7 +36,7 @@ def setup(device, num_images):
 
 def run_estimator(vae, images, samples, max_memory_mb):
     return estimate_per_item(vae.model, vae.guide, images, samples, batch_size=100,
-                                   max_memory_mb=max_memory_mb, bytes_per_row=vae_bytes_per_row(vae))
+                             max_memory_mb=max_memory_mb, bytes_per_row=vae_bytes_per_row(vae))
 
 
 def roofline_seconds(device, num_images, samples, max_memory_mb, bytes_per_row, repeats=3):

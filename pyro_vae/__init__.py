@@ -7,5 +7,6 @@ from .model import VAE, TwoLayerVAE
 from .objectives import make_elbo, register_objective
 from .runs import load_run
 
-__all__ = ["VAE", "TwoLayerVAE", "Callback", "Checkpoint", "FitState", "fit", "LogLikelihood", "estimate_log_likelihood", "load_run", "make_elbo", "register_objective"]
+__all__ = ["VAE", "TwoLayerVAE", "Callback", "Checkpoint", "FitState", "fit", "LogLikelihood",
+           "estimate_log_likelihood", "load_run", "make_elbo", "register_objective"]
 __version__ = "0.1.0"

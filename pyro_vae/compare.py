@@ -125,6 +125,9 @@ def slopes_table(slopes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+MARKERS = "osD^vP*X"  # distinct markers (and sizes), so that coinciding lines stay visible
+
+
 def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
     from .plots import plt, save_figure
 
@@ -146,12 +149,14 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
         for fam in families:
             pts = [r for r in rows if r["estimator"] == fam]
             ax.plot([r.get("samples", r["particles"]) for r in pts], [r[f"{group}_snr_median"] for r in pts],
-                    marker="o", label=fam)
+                    marker=MARKERS[families.index(fam) % len(MARKERS)], markersize=7 - families.index(fam) % 3,
+                    label=fam)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{group} ({'guide' if group == 'encoder' else 'model'}) gradient SNR, median over parameters",
                      fontsize=9)
         ax.set_xlabel("samples of z per image (L, K, or M·K)")
+        ax.set_ylabel("gradient SNR, |mean| / std (median over parameters)")
         ax.grid(True, alpha=0.3)
         ax.legend()
     save_figure(fig, paths[1])
@@ -160,24 +165,34 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
 
 def compare_fixed_model(run_dir: str | Path, estimators: Sequence[Estimator], out: str | Path | None = None, *,
                         num_images: int = 1000, grad_batch: int = 100, repeats: int = 100, seed: int = 0,
-                        device: str = "auto", data_dir: str | None = None, progress: bool = True) -> Path:
+                        device: str = "auto", data_dir: str | None = None, progress: bool = True,
+                        tensorboard: bool = False) -> Path:
     """Score ``estimators`` on the trained run in ``run_dir`` (see the module docstring); writes
     comparison.md, comparison.json and the figures into ``out`` (default RUN_DIR/comparison),
-    held as its one writer from before any work, and returns it."""
+    held as its one writer from before any work, and returns it; with ``tensorboard``, also the
+    SNRs as TensorBoard events in OUT/tensorboard."""
     from . import runs
     from .trainer import resolve_device
 
     torch_device = resolve_device(device)
     run_dir = Path(run_dir)
     out = Path(out or run_dir / "comparison")
+    if tensorboard:
+        from .tensorboard_log import check_tensorboard
+
+        check_tensorboard()
     with runs.claim_run_dir(out):  # checked before any work, and one writer
-        _compare_fixed_model(run_dir, list(estimators), out, num_images, grad_batch, repeats, seed,
-                             torch_device, data_dir, progress)
+        rows = _compare_fixed_model(run_dir, list(estimators), out, num_images, grad_batch, repeats, seed,
+                                    torch_device, data_dir, progress)
+        if tensorboard:
+            from .tensorboard_log import log_snr
+
+            log_snr(out / "tensorboard", rows)
     return out
 
 
 def _compare_fixed_model(run_dir: Path, specs: list[Estimator], out: Path, num_images: int, grad_batch: int,
-                         repeats: int, seed: int, device, data_dir: str | None, progress: bool) -> None:
+                         repeats: int, seed: int, device, data_dir: str | None, progress: bool) -> list[dict]:
     import torch
 
     from . import runs
@@ -205,6 +220,7 @@ def _compare_fixed_model(run_dir: Path, specs: list[Estimator], out: Path, num_i
         + "".join(f"![{f.stem}]({f.name})\n" for f in figures))
     print(table + fitted)
     print(f"wrote {out}/comparison.md, comparison.json, {', '.join(f.name for f in figures)}")
+    return rows
 
 
 def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, wall_seconds: float | None = None,

@@ -103,7 +103,7 @@ class Dataset:
         step_size = batch_size * world_size
         for begin in range(start * step_size, len(images), step_size):
             # tensor_split: equal slices of batch_size; the last, short step is dealt evenly
-            mine = torch.tensor_split(order[begin : begin + step_size], world_size)[rank]
+            mine = torch.tensor_split(order[begin:begin + step_size], world_size)[rank]
             batch = images[mine]
             yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
 

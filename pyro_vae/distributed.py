@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 
 
-
 @dataclass(frozen=True)
 class World:
     rank: int = 0

@@ -25,7 +25,8 @@ DEFAULT_IWAE_K, DEFAULT_BATCH_SIZE, DEFAULT_MAX_MEMORY_MB = 50, 100, 1024.0
 
 def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "test",
                  device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, iwae_k: int = DEFAULT_IWAE_K, seed: int = 0, limit: int | None = None,
+                 max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, iwae_k: int = DEFAULT_IWAE_K, seed: int = 0,
+                 limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None,
                  weights: str = "averaged", binarization_seed: int = 0, out: str | None = None,
                  trained: tuple | None = None) -> dict:

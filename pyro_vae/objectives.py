@@ -46,7 +46,6 @@ from . import estimators
 from .marginal import MAX_PLATE_NESTING
 
 
-
 class SyncFreeTrace_ELBO(Trace_ELBO):
     r"""Pyro's :class:`~pyro.infer.Trace_ELBO` whose differentiable loss never leaves the device.
 

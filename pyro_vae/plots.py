@@ -33,16 +33,29 @@ def run_title(config: dict) -> str:
     return f"{config['dataset']} ({config['binarize']}), {objective}, {net}"
 
 
+PRIOR_SEED = 0  # prior_samples.png shows the same draws of z every time it is drawn
+
+
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
-    """(N, 784) pixel intensities in [0, 1] as a grid of 28x28 digits."""
+    """(N, 784) pixel intensities in [0, 1] as a grid of 28x28 digits, each about 84 pixels wide."""
     grid = make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    fig, ax = plt.subplots(figsize=(nrow * 0.45 + 0.3, grid.shape[1] / grid.shape[2] * nrow * 0.45 + 0.5))
+    width = nrow * 0.6 + 0.3
+    fig, ax = plt.subplots(figsize=(width, grid.shape[1] / grid.shape[2] * nrow * 0.6 + 0.5))
     ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
+
+
+def prior_draws(vae: VAE, num: int = 64) -> torch.Tensor:
+    """Decoder means of ``num`` draws of z from the prior, the same draws at every call (a fixed
+    seed, on a forked random stream that leaves the caller's as it was)."""
+    device = next(vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(PRIOR_SEED)
+        return vae.sample_images(num)
 
 
 def plot_reconstructions(vae: VAE, images: torch.Tensor, path: Path, num: int = 10) -> None:
@@ -53,7 +66,7 @@ def plot_reconstructions(vae: VAE, images: torch.Tensor, path: Path, num: int = 
 
 
 def plot_prior_samples(vae: VAE, path: Path, num: int = 64) -> None:
-    save_image_grid(vae.sample_images(num), path, nrow=8, title="decoder means for z ~ p(z)")
+    save_image_grid(prior_draws(vae, num), path, nrow=8, title=f"decoder means for z ~ p(z) (seed {PRIOR_SEED})")
 
 
 def plot_learning_curves(history: Sequence[dict], path: Path, title: str = "") -> None:

@@ -19,7 +19,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyro
@@ -32,10 +32,12 @@ LOCK_FILE = ".lock"  # held (flock) by the one process writing the run; holds it
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "pyro_vae-checkpoint-1"
+# a trained model without what training needs to go on (optimizer, RNG, history): export_model
+MODEL_FILE, MODEL_FORMAT = "model.pt", "pyro_vae-model-1"
 SNAPSHOT_DIR = "snapshots"  # weights kept at chosen epochs: <run>/snapshots/epoch-NNNNN.pt
 CURVE_FILE = "learning_curve.csv"  # IS test NLL of the snapshots (experiments curve)
 # what --overwrite may delete: only files a run writes, never the user's other files
-RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, CURVE_FILE, "*.png", "eval_*.json",
+RUN_OUTPUT_PATTERNS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE, CURVE_FILE, "*.png", "eval_*.json",
                        f"{SNAPSHOT_DIR}/epoch-*.pt")
 
 
@@ -173,8 +175,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True; any problem is one ValueError naming the file."""
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", marker: str = CHECKPOINT_FORMAT) -> dict:
+    """Read a checkpoint (or, with MODEL_FORMAT, a model file) with weights_only=True; any problem
+    is one ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no checkpoint there")
@@ -183,9 +186,37 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     except Exception as error:  # truncated zip, foreign pickle, code-carrying pickle, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path}: corrupt or not a pyro_vae checkpoint ({reason[:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a pyro_vae checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if not isinstance(state, dict) or state.get("format") != marker:
+        raise ValueError(f"{path}: not a pyro_vae checkpoint (no '{marker}' marker)")
     return state
+
+
+def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 evaluations: Sequence[str] = ("eval_test_K5000.json",)) -> Path:
+    """Copy a finished run into ``out_dir`` as a small run directory: ``model.pt`` holding only the
+    weights the run is scored by (the average, if it kept one) with its config and epoch, beside
+    its config.json, metrics.csv, learning curve, figures and the named evaluations. ``load_run``
+    and ``evaluate`` read it; it cannot be resumed (no optimizer or random state)."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    missing = [name for name in evaluations if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"{run_dir} has no {missing[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    averaged = "model_ema" in state
+    model = {"format": MODEL_FORMAT, "config": state["config"], "epoch": state["epoch"],
+             "weights": "averaged" if averaged else "last",
+             "model": state["model_ema"] if averaged else state["model"]}
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    atomic_write(out_dir / MODEL_FILE, buffer.getvalue())
+    names = [CONFIG_FILE, METRICS_FILE, CURVE_FILE, *evaluations, *(p.name for p in run_dir.glob("*.png"))]
+    for name in names:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    return out_dir
 
 
 def append_metrics(path: Path, row: dict) -> None:
@@ -228,7 +259,7 @@ def _number(text: str):
 
 
 def is_run_dir(path: Path) -> bool:
-    return (Path(path) / CONFIG_FILE).exists() or (Path(path) / CHECKPOINT_FILE).exists()
+    return any((Path(path) / name).exists() for name in (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE))
 
 
 def clear_run_outputs(path: Path) -> None:
@@ -286,7 +317,13 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
     --ema-decay is scored by its averaged weights unless ``weights="last"`` (the last iterate)."""
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; choose from {', '.join(WEIGHTS)}")
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
+    if not (Path(run_dir) / CHECKPOINT_FILE).exists() and (Path(run_dir) / MODEL_FILE).exists():
+        state = load_checkpoint(Path(run_dir) / MODEL_FILE, device, MODEL_FORMAT)  # an exported run
+        if weights != state["weights"] and state["weights"] == "averaged":
+            raise ValueError(f"{run_dir} holds only the averaged weights it is scored by")
+        state = {**state, "model_ema": state["model"]} if state["weights"] == "averaged" else state
+    else:
+        state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
     vae = build_vae(state["config"]).to(device)
     try:
         vae.load_state_dict(state["model_ema"] if "model_ema" in state and weights == "averaged"

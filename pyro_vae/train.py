@@ -47,7 +47,6 @@ def _train_and_report(config: TrainConfig, world, resume: bool, overwrite: bool,
     return {"history": history, "eval": report}
 
 
-
 if __name__ == "__main__":  # python -m pyro_vae.train
     from .cli import run_main
     from .cli.train import main

@@ -36,6 +36,7 @@ from .model import VAE
 from .objectives import MAX_PLATE_NESTING, make_elbo
 from .schedules import LR_SCHEDULES, scheduled_rate
 from .seeds import SEED_STRIDE
+from .tensorboard_log import TensorBoardLog, check_tensorboard
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2}
@@ -58,6 +59,7 @@ class TrainConfig:
     vectorize_particles: bool = False
     jit: bool = False  # Pyro's Jit* ELBOs (the library's make_elbo keeps them; the command uses compile)
     compile: bool = False  # trace the step once and compile it (compiled.py)
+    tensorboard: bool = False  # also write TensorBoard events into <run_dir>/tensorboard
     epochs: int = 10
     batch_size: int = 100
     lr: float | None = None  # None: 1e-3 for Adam, 1e-2 for Adagrad
@@ -175,7 +177,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 # settings a resumed run may change; every other one is the run's own
 # settings a resumed run may change: none changes what is computed (compile: the same draws,
 # floating-point rounding apart)
-RESUMABLE_SETTINGS = frozenset({"epochs", "device", "eval_samples", "data_dir", "run_dir", "max_seconds", "compile"})
+RESUMABLE_SETTINGS = frozenset({"epochs", "device", "eval_samples", "data_dir", "run_dir", "max_seconds", "compile",
+                                "tensorboard"})
 
 
 def differs(given, stored) -> bool:
@@ -235,6 +238,8 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
            dataset: Dataset | None, resume: bool, overwrite: bool, progress: bool,
            log: Callable[[str], None], may_change: Iterable[str]) -> TrainedRun:
     check_run_dir(run_dir, resume, overwrite)
+    if config.tensorboard:
+        check_tensorboard()  # a missing package is one line before the data is read
     checkpoint_path = run_dir / runs.CHECKPOINT_FILE
     state = runs.load_checkpoint(checkpoint_path) if resume else None  # on the CPU: read once
     if state is not None:
@@ -288,6 +293,8 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
         EpochReport(evaluated, dataset, world),
         checkpointer.saver,  # after the row is complete
         EpochLog(log, len(dataset.valid) > 0, config.max_seconds),
+        *([TensorBoardLog(run_dir / "tensorboard", evaluated, dataset.test.images)]
+          if config.tensorboard and world.is_main else []),
     ]
     final = fit(vae, dataset, elbo, epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
                 callbacks=callbacks, seed=config.seed, rank=world.rank, world_size=world.size, compile=config.compile)

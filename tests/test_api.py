@@ -65,6 +65,7 @@ def test_arguments_after_the_data_reach_model_and_guide():
     ppca = PPCA()
     x = ppca.data(10)
     exact = ppca.exact_log_px(x)
+
     # widen=1, shift=0 makes the guide the exact posterior's marginals: one sample is nearly exact
     def model(x, widen, shift):  # both programs get the same arguments
         ppca.model(x)

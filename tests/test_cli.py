@@ -93,7 +93,8 @@ def test_the_console_script_lists_and_dispatches_the_commands(capsys):
     assert exit_info.value.code == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("train", "evaluate", "compare", "paired", "experiments"))
-    for argv, message in ((["bogus"], "unknown command 'bogus'"), (["evaluate", "/nonexistent/run"], "not a directory")):
+    for argv, message in ((["bogus"], "unknown command 'bogus'"),
+                          (["evaluate", "/nonexistent/run"], "not a directory")):
         with pytest.raises(SystemExit) as exit_info:
             dispatch(argv)
         err = capsys.readouterr().err

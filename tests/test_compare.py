@@ -100,3 +100,16 @@ def test_snr_slopes_recover_known_power_laws():
     assert slopes["estimator"] == "iwae"
     assert slopes["encoder_slope"] == pytest.approx(-0.5) and slopes["decoder_slope"] == pytest.approx(0.5)
     assert "-0.50" in compare.slopes_table([slopes])
+
+
+def test_the_snrs_go_to_tensorboard_one_curve_per_estimator(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pyro_vae.tensorboard_log import log_snr
+
+    rows = [{"estimator": name, "samples": k, "encoder_snr_median": 1.0 / k, "decoder_snr_median": k ** 0.5,
+             "bound_mean": -90.0 + k} for name in ("iwae", "dreg") for k in (1, 5, 50)]
+    log_snr(tmp_path, rows)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("snr_encoder/dreg")] == [(1, 1.0), (5, 0.2), (50, 0.02)]
+    assert {"snr_decoder/iwae", "bound/iwae"} <= set(events.Tags()["scalars"])

@@ -103,7 +103,8 @@ def test_binarized_mnist_static_split(data_dir, isolated):
     data = load_dataset("binarized-mnist", data_dir=data_dir)
     assert [len(data.train), len(data.valid), len(data.test)] == [50_000, 10_000, 10_000]
     assert set(data.test.images.unique().tolist()) == {0.0, 1.0}
-    assert abs(data.train.images.mean().item() - 0.13056) < 1e-4  # SOURCES.md
+    # the mean pixel of Larochelle & Murray's training split, as their .amat files give it
+    assert abs(data.train.images.mean().item() - 0.13056) < 1e-4
     assert abs(data.test.images.mean().item() - 0.13251) < 1e-4
     assert torch.equal(load_dataset("mnist", "static", data_dir=data_dir).test.images, data.test.images)
 

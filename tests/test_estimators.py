@@ -13,7 +13,6 @@ from pyro_vae import make_elbo
 from pyro_vae.model import VAE
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact zeros must read as zeros: each test runs in float64, and the default is restored."""

@@ -91,7 +91,8 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     assert [r["lr"] for r in rows] == [1e-3 * 10 ** (-i / 7) for i in (0, 2, 4, 6)]  # 8 stages in 4 epochs
     assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == [f"epoch-{e:05d}.pt" for e in range(1, 5)]
     snapshot = runs.load_checkpoint(run_dir / "snapshots" / "epoch-00003.pt")
-    assert snapshot["epoch"] == 3 and snapshot["model"].keys() == runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys()
+    assert snapshot["epoch"] == 3
+    assert snapshot["model"].keys() == runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys()
     import json
     config = json.loads((run_dir / "config.json").read_text())
     assert config["hidden_dims"] == [200, 200] and config["latent_dim"] == 50

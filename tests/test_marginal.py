@@ -85,7 +85,7 @@ def test_chunking_does_not_change_the_result(memory_mb, batch_size):
     x = lg.data(7)
     plan = plan_chunks(64, 7, 1024, memory_mb, batch_size)
     result = estimate_per_item(lg.model, lg.exact_guide, x, 64, batch_size=batch_size,
-                                     max_memory_mb=memory_mb, bytes_per_row=1024, iwae_k=8)
+                               max_memory_mb=memory_mb, bytes_per_row=1024, iwae_k=8)
     for name in ("log_px", "elbo", "iwae"):
         assert torch.allclose(result[name], lg.exact_log_px(x), atol=1e-9), (name, plan)
     assert torch.allclose(result["ess"], torch.full((7,), 64.0, dtype=torch.float64))

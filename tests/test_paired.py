@@ -37,7 +37,10 @@ def test_evaluations_of_different_images_are_refused():
         paired_differences(a, report([-80.0, -90.0, -70.0], [-85.0, -95.0, -75.0]))
 
 
-def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_path):
+def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_path, capsys):
+    from pyro_vae.cli import paired
+    from tests.test_cli import call
+
     first, second, broken = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "broken.json"
     first.write_text(json.dumps(report([-80.0, -100.0], [-90.0, -110.0], run_dir="runs/a")))
     second.write_text(json.dumps(report([-79.0, -99.5], [-90.0, -110.0], run_dir="runs/b", seed=1)))
@@ -46,8 +49,8 @@ def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "runs/a" in result.stdout and "runs/b (K=10, seed 1," in result.stdout
     assert "+0.750" in result.stdout  # log p(x): differences 1.0 and 0.5
-    result = run_cli("pyro_vae.paired", str(first), str(broken))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "is not an evaluation written by pyro_vae.evaluate" in result.stderr
-    result = run_cli("pyro_vae.paired", str(first), str(tmp_path / "missing.json"))
-    assert result.returncode == 2 and "no such file" in result.stderr
+    status, err = call(paired.main, [str(first), str(broken)], capsys)  # in-process: no second start-up
+    assert status == 2 and err.count("\n") == 1
+    assert "is not an evaluation written by pyro_vae.evaluate" in err
+    status, err = call(paired.main, [str(first), str(tmp_path / "missing.json")], capsys)
+    assert status == 2 and "no such file" in err

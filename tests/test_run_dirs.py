@@ -228,8 +228,8 @@ def test_the_low_ess_warning_can_fire_at_any_k_and_says_its_threshold():
     assert "ESS < 5 (the floor of 5" in text and "75.0%" in text and "warning" in text
     summary = summarize({**per_image, "ess": torch.full((4,), 40.0, dtype=torch.float64)}, 5000)
     assert summary["ess_low_fraction"] == 1.0
-    assert "ESS < 50 (1% of K)" in format_summary({"summary": summary, "settings": {**settings, "num_samples": 5000},
-                                                    "seconds": 0.1})
+    report = {"summary": summary, "settings": {**settings, "num_samples": 5000}, "seconds": 0.1}
+    assert "ESS < 50 (1% of K)" in format_summary(report)
 
 
 @pytest.mark.parametrize("flag", [["--dataset", "fashion-mnist"], ["--binarize", "none"], ["--hidden-dims", "10"]])
@@ -285,3 +285,27 @@ def test_latent_sweep_refuses_a_changed_setting_of_an_earlier_run(tmp_path, data
     # the earlier run is intact and still extends with more epochs
     assert call(experiments.main, [*sweep[:4], "2", *sweep[5:]], capsys)[0] == 0
     assert load_checkpoint(tmp_path / "latent-sweep" / "J2" / "checkpoint.pt")["epoch"] == 2
+
+
+def test_an_exported_run_loads_and_scores_as_the_run_and_cannot_be_resumed(tiny_run, tmp_path, capsys):
+    """experiments export: the weights the run is scored by, and nothing to resume from."""
+    import torch
+
+    from pyro_vae import load_run
+
+    out = tmp_path / "exported"
+    base = ["-K", "3", "--limit", "20", "--no-progress"]
+    assert call(evaluate.main, [str(tiny_run), *base, "--out", str(tiny_run / "eval_test_K5000.json")], capsys)[0] == 0
+    assert call(experiments.main, ["export", str(tiny_run), str(out)], capsys)[0] == 0
+    assert (out / "eval_test_K5000.json").exists() and not (out / "checkpoint.pt").exists()
+    assert (out / "model.pt").stat().st_size < 0.6 * (tiny_run / "checkpoint.pt").stat().st_size
+    for a, b in zip(load_run(tiny_run).state_dict().values(), load_run(out).state_dict().values()):
+        assert torch.equal(a, b)
+    assert call(evaluate.main, [str(out), *base, "--out", str(tmp_path / "again.json")], capsys)[0] == 0
+    scores = [json.loads(path.read_text())["per_image"]
+              for path in (out / "eval_test_K5000.json", tmp_path / "again.json")]
+    assert scores[0] == scores[1]  # the same weights, samples and images: the same numbers
+    status, err = call(train.main, ["--run-dir", str(out), "--resume", "--no-progress"], capsys)
+    assert status == 2 and "no checkpoint" in err, err
+    status, err = call(experiments.main, ["export", str(tmp_path / "nothing"), str(tmp_path / "x")], capsys)
+    assert status == 2, err

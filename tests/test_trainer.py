@@ -2,6 +2,7 @@
 its last iterate, or other importance samples, can still be scored on request."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,25 @@ def test_the_trained_model_is_scored_from_memory_with_the_numbers_a_reload_gives
     monkeypatch.setattr(runs, "load_run_and_config", reload)
     again = evaluate_run(run, 5, device="cpu", progress=False, dataset=data, out=str(tmp_path / "again.json"))
     assert report["per_image"] == again["per_image"] and report["settings"]["weights"] == "averaged"
+
+
+def test_tensorboard_events_hold_every_epoch_and_the_pictures(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pyro_vae import tensorboard_log
+
+    data = synthetic_dataset(n_train=32, binarize="dynamic")
+    run = tmp_path / "run"
+    trained = train(TrainConfig(run_dir=str(run), epochs=3, batch_size=16, hidden_dims=(16,), latent_dim=2,
+                                eval_samples=0, device="cpu", tensorboard=True), data, progress=False,
+                    log=lambda _: None)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    test_elbo = [(e.step, e.value) for e in events.Scalars("elbo/test")]
+    assert [step for step, _ in test_elbo] == [1, 2, 3]
+    assert [value for _, value in test_elbo] == pytest.approx([row["test_elbo"] for row in trained.history], rel=1e-6)
+    assert {"elbo/train", "learning_rate", "time/ms_per_step"} <= set(events.Tags()["scalars"])
+    assert set(events.Tags()["images"]) == {"reconstructions", "prior_samples"}
+    # without the package: one ValueError that says what to install, before any work
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ValueError, match="pip install"):
+        tensorboard_log.check_tensorboard()

@@ -46,7 +46,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m pyro_vae.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", help="a trained run (fixed-model mode)")
     p.add_argument("--train", action="store_true", help="training mode: train one model per estimator")
-    p.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help=f"NAME:PARTICLES list (default {DEFAULT_ESTIMATORS})")
+    p.add_argument("--estimators", default=DEFAULT_ESTIMATORS,
+                   help=f"NAME:K list, NAME:MxK for miwae and piwae (default {DEFAULT_ESTIMATORS})")
     fixed = p.add_argument_group("fixed-model mode")
     fixed.add_argument("--num-images", type=positive_int, help="test images for the bound (1000)")
     fixed.add_argument("--grad-batch", type=positive_int, help="the fixed gradient minibatch (100)")
@@ -62,6 +63,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (fixed-model: RUN_DIR/comparison; training: runs/compare-train-<time>)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard events: the SNRs into OUT/tensorboard (fixed-model mode), "
+                        "each run's curves into its own folder (training mode)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -74,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.run_dir and not Path(args.run_dir).is_dir():
         raise UsageError(f"{args.run_dir} is not a directory")
     # each mode's flags: the other mode's are refused, not ignored
-    ours, theirs = (TRAINING_DEFAULTS, FIXED_MODEL_DEFAULTS) if args.train else (FIXED_MODEL_DEFAULTS, TRAINING_DEFAULTS)
+    ours, theirs = (TRAINING_DEFAULTS, FIXED_MODEL_DEFAULTS) if args.train else \
+        (FIXED_MODEL_DEFAULTS, TRAINING_DEFAULTS)
     foreign = [name for name in theirs if getattr(args, name) is not None]
     if foreign:
         raise UsageError(f"--{foreign[0].replace('_', '-')} applies only to "
@@ -91,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         compare_fixed_model(args.run_dir, args.specs, args.out, num_images=args.num_images,
                             grad_batch=args.grad_batch, repeats=args.repeats, seed=args.seed,
-                            device=args.device, data_dir=args.data_dir, progress=not args.no_progress)
+                            device=args.device, data_dir=args.data_dir, progress=not args.no_progress,
+                            tensorboard=bool(args.tensorboard))
 
 
 if __name__ == "__main__":

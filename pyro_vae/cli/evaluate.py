@@ -60,6 +60,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {report['path']}")
 
 
-
 if __name__ == "__main__":
     run_main(main)

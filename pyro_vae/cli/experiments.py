@@ -1,4 +1,4 @@
-"""The seed's experiments: ``python -m pyro_vae.experiments {latent-sweep,manifold,figures}`` (``pyro-vae experiments``).
+"""The experiments: ``python -m pyro_vae.experiments COMMAND`` (``pyro-vae experiments``).
 
 latent-sweep  Trains the seed model for each latent size J (3, 5, 10, 20, 200 by default) and
               plots train/test ELBO against training images seen, one panel per J, as Kingma &
@@ -13,6 +13,9 @@ paper         Burda et al.'s benchmark recipe (784-200-200-50, dynamic binarizat
 curve         IS log p(x) of every weight snapshot a run kept (``snapshots/``): the learning
               curve in test NLL beside the per-epoch test ELBO, as CSV and PNG.
 paper-figure  The learning curves of several paper runs on one plot (docs/results.md).
+export        A finished run as a small directory: the weights it is scored by (model.pt), its
+              config, metrics, curves, figures and chosen evaluations; scored and loaded like a
+              run, but not resumable (results/ holds such copies).
 """
 
 from __future__ import annotations
@@ -100,6 +103,11 @@ def build_parser() -> ArgumentParser:
     common(manifold_parser, 10, defaults=False)
     manifold_parser.add_argument("--run-dir", help="use this trained J = 2 run instead of training one")
     manifold_parser.add_argument("--grid-size", type=positive_int, default=20, help="images per side (20)")
+    export_parser = sub.add_parser("export", help="a finished run as a small, weights-only directory")
+    export_parser.add_argument("run_dir")
+    export_parser.add_argument("out_dir")
+    export_parser.add_argument("--evaluations", nargs="+", default=["eval_test_K5000.json"],
+                               help="the evaluation JSONs to copy (default eval_test_K5000.json)")
     figures_parser = sub.add_parser("figures", help="reconstructions, prior samples, curves of a run")
     figures_parser.add_argument("run_dir")
     figures_parser.add_argument("--data-dir")
@@ -130,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         if not Path(args.run_dir).is_dir():
             raise UsageError(f"{args.run_dir} is not a directory")
+        if args.command == "export":
+            from .. import runs
+
+            with runs.claim_run_dir(args.out_dir):
+                print(f"wrote {runs.export_model(args.run_dir, args.out_dir, args.evaluations)}")
+            return
         if args.command == "curve":
             learning_curve(Path(args.run_dir), args.num_samples, args.device, args.data_dir, not args.no_progress)
         else:

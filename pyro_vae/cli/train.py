@@ -76,6 +76,9 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--run-dir", help="output folder (default runs/<dataset>-<elbo>-L<L>-J<J>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
+    run.add_argument("--tensorboard", action="store_true", default=None,
+                     help="also write TensorBoard events (ELBOs, learning rate, step time, pictures) into "
+                          "RUN_DIR/tensorboard (needs pip install 'pyro-vae[tensorboard]')")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -133,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if distributed.current_world().is_main:
             print(f"{stop}; resume with: python -m pyro_vae.train --run-dir {config.run_dir} --resume")
         raise KeyboardInterrupt from None  # exit 130 without repeating the message
-
-
 
 
 if __name__ == "__main__":

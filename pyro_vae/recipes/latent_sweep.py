@@ -71,7 +71,7 @@ def _write_sweep(results: list[dict], out: Path, args) -> None:
         ax.plot(seen, [row["train_elbo"] for row in r["history"]], label="train")
         ax.plot(seen, [row["test_elbo"] for row in r["history"]], "--", label="test")
         ax.set_xscale("log")
-        ax.set_title(f"$N_z$ = {r['latent_dim']}", fontsize=10)
+        ax.set_title(f"J = {r['latent_dim']}", fontsize=10)
         ax.set_xlabel("training images seen")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")

@@ -75,16 +75,37 @@ def _class_names(dataset: str) -> list[str] | None:
 
 
 @torch.no_grad()
+def _plot_manifold(means: torch.Tensor, grid_size: int, path: Path) -> None:
+    """The decoder means on the grid, with z_1 and z_2 marked along the axes."""
+    from torchvision.utils import make_grid
+
+    from ..plots import plt, save_figure
+
+    grid = make_grid(means.detach().reshape(-1, 1, 28, 28).cpu(), nrow=grid_size, padding=0)
+    z = latent_grid(grid_size)[:grid_size, 0]  # the first row: z_1 from low to high
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ticks = list(range(0, grid_size, max(1, grid_size // 5))) + [grid_size - 1]
+    centres = [28 * (i + 0.5) for i in ticks]
+    ax.set_xticks(centres, [f"{z[i]:.2f}" for i in ticks])
+    ax.set_yticks(centres, [f"{-z[i]:.2f}" for i in ticks])  # rows run from high z_2 to low
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(f"decoder means over $z = \\Phi^{{-1}}(u)$, $u$ on a {grid_size} x {grid_size} grid "
+                 "of the unit square", fontsize=10)
+    save_figure(fig, path, dpi=120)
+
+
 def draw_manifold(vae, images: torch.Tensor, labels: torch.Tensor | None, out: Path,
                   grid_size: int = 20, class_names: list[str] | None = None) -> list[Path]:
-    from ..plots import plt, save_figure, save_image_grid
+    from ..plots import plt, save_figure
 
     device = next(vae.parameters()).device
-    z = latent_grid(grid_size).to(device)
-    means = torch.sigmoid(vae.decoder(z))
     paths = [Path(out) / "manifold.png", Path(out) / "latent_scatter.png"]
-    save_image_grid(means, paths[0], nrow=grid_size, title="decoder means over z = Phi^-1(grid in the unit square)")
-    loc = torch.cat([vae.encoder(images[i:i + 1000])[0] for i in range(0, len(images), 1000)]).cpu()
+    with torch.no_grad():
+        means = torch.sigmoid(vae.decoder(latent_grid(grid_size).to(device)))
+        loc = torch.cat([vae.encoder(images[i:i + 1000])[0] for i in range(0, len(images), 1000)]).cpu()
+    _plot_manifold(means, grid_size, paths[0])
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     if labels is None:
         ax.scatter(loc[:, 0], loc[:, 1], s=2, alpha=0.5)

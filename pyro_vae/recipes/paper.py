@@ -139,7 +139,7 @@ def _learning_curve(run_dir: Path, snapshots: list[Path], num_samples: int, torc
         state = runs.load_checkpoint(path, torch_device)
         vae.load_state_dict(state["model"])
         per_image = estimate_per_item(vae.model, vae.guide, data.test.images, num_samples,
-                                            bytes_per_row=bytes_per_row, progress=progress)
+                                      bytes_per_row=bytes_per_row, progress=progress)
         summary = summarize(per_image, num_samples)
         rows.append({"epoch": state["epoch"], "num_samples": num_samples,
                      "test_nll": -summary["log_px_mean"], "test_nll_stderr": summary["log_px_stderr"],
@@ -161,7 +161,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
     from ..plots import plt, run_title, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8) if len(run_dirs) > 1 else (6.5, 4.2))
-    lows, references = [], {}
+    lows, highs, references = [], [], {}
     for index, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
         config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
@@ -183,6 +183,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
                         fmt=marker, color=color, mec="black", capsize=3,
                         label=f"{name}: final test NLL, IS K={num_samples}")
         lows.append(min(r["test_nll"] for r in rows))
+        highs.append(max(r["test_nll"] for r in rows))
         reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
         if reference is not None:
             references[reference] = f"Burda et al., {objective} (3,280 epochs): {reference}"
@@ -192,7 +193,7 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per test image (lower is better)")
     low = min(lows + list(references))
-    ax.set_ylim(low - 2, low + 25)
+    ax.set_ylim(low - 2, max(highs) + 2)  # every IS point shown; the 1-sample line may leave it early
     if len(run_dirs) == 1:
         ax.set_title(run_title(config), fontsize=9)
     else:
