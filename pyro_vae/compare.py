@@ -156,7 +156,7 @@ def plot_fixed_model(rows: list[dict], out: Path) -> list[Path]:
         ax.set_title(f"{group} ({'guide' if group == 'encoder' else 'model'}) gradient SNR, median over parameters",
                      fontsize=9)
         ax.set_xlabel("samples of z per image (L, K, or M·K)")
-        ax.set_ylabel("gradient SNR, |mean| / std (median over parameters)")
+        ax.set_ylabel("SNR, |mean| / std")
         ax.grid(True, alpha=0.3)
         ax.legend()
     save_figure(fig, paths[1])
@@ -224,10 +224,11 @@ def _compare_fixed_model(run_dir: Path, specs: list[Estimator], out: Path, num_i
 
 
 def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, wall_seconds: float | None = None,
-                     progress: bool = True) -> Path:
+                     iwae_k: int = 50, progress: bool = True) -> Path:
     """Train one run per estimator from the TrainConfig ``base`` (same seed, data and net) for
     its epochs, and, with ``wall_seconds``, once more each under that wall-time budget; score
-    each by importance sampling (``base.eval_samples``). Writes comparison.md, comparison.json
+    each by importance sampling (log p(x) with ``base.eval_samples`` samples, IWAE_``iwae_k`` and
+    the ELBO from the same samples). Writes comparison.md, comparison.json
     and learning_curves.png into ``out`` (held as its one writer; an interrupted comparison
     resumes) and returns it."""
     from . import runs
@@ -236,12 +237,12 @@ def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, 
     out = Path(out)
     torch_device = resolve_device(base.device)
     with runs.claim_run_dir(out):  # checked before any work, and one writer
-        _compare_training(list(estimators), out, base, wall_seconds, progress, torch_device)
+        _compare_training(list(estimators), out, base, wall_seconds, iwae_k, progress, torch_device)
     return out
 
 
-def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: float | None, progress: bool,
-                      device) -> None:
+def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: float | None, iwae_k: int,
+                      progress: bool, device) -> None:
     import dataclasses
 
     from . import runs
@@ -261,7 +262,7 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
             config = dataclasses.replace(base, **limits, **spec.train_settings(), run_dir=str(out / tag))
             resume = (out / tag / runs.CHECKPOINT_FILE).exists()  # an interrupted comparison goes on
             print(f"--- {spec.label}, budget: {budget}")
-            report = train_and_report(config, resume=resume, progress=progress, dataset=data)
+            report = train_and_report(config, resume=resume, progress=progress, dataset=data, iwae_k=iwae_k)
             history, evaluation = report["history"], report["eval"] or {"summary": {}}
             results.append({"estimator": spec.name, "particles": spec.particles, "estimates": spec.estimates,
                             "label": spec.label,
@@ -270,16 +271,21 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
                             "final_test_elbo": history[-1]["test_elbo"],
                             "log_px": evaluation["summary"].get("log_px_mean"),
                             "log_px_stderr": evaluation["summary"].get("log_px_stderr"),
+                            "iwae": evaluation["summary"].get("iwae_mean"),
+                            "elbo": evaluation["summary"].get("elbo_mean"),
                             "history": history})
     runs.write_json(out / "comparison.json", {"settings": {**base.to_dict(), "mode": "train", "epochs": base.epochs,
-                                                           "wall_seconds": wall_seconds},
+                                                           "wall_seconds": wall_seconds, "iwae_k": iwae_k},
                                               "estimators": results})
-    lines = ["| estimator | budget | epochs | train s | final test ELBO | IS log p(x) |",
-             "|---|---|---:|---:|---:|---:|"]
+    k = min(iwae_k, base.eval_samples) if base.eval_samples else iwae_k
+    lines = [f"| estimator | budget | epochs | train s | final test ELBO (1 sample) | "
+             f"IS log p(x), K={base.eval_samples} | IWAE_{k} | ELBO (same samples) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lp = "n/a" if r["log_px"] is None else f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f}"
+        bounds = " | ".join("n/a" if r[key] is None else f"{r[key]:.2f}" for key in ("iwae", "elbo"))
         lines.append(f"| {r['label']} | {r['budget']} | {r['epochs']} | {r['train_seconds']:.0f} | "
-                     f"{r['final_test_elbo']:.2f} | {lp} |")
+                     f"{r['final_test_elbo']:.2f} | {lp} | {bounds} |")
     fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
     for ax, (budget, _) in zip(axes[0], budgets):
         for r in (r for r in results if r["budget"] == budget):
