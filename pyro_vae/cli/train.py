@@ -85,7 +85,8 @@ def build_parser() -> ArgumentParser:
 
 def config_from_args(args) -> tuple[TrainConfig, dict]:
     if args.jit:
-        raise UsageError("--jit (Pyro's Jit* ELBOs, 5x slower than the eager step here) is retired: use --compile")
+        raise UsageError("--jit (Pyro's Jit* ELBOs, several times slower than the eager step) is retired: "
+                         "use --compile")
     given = {k: v for k, v in vars(args).items()
              if v is not None and k in TrainConfig.__dataclass_fields__}
     if args.resume:
