@@ -24,7 +24,7 @@ from common import (  # noqa: E402
     add_thread_flag, apply_thread_flag, describe_machine, interleaved_step_times, median_ms, synchronize,
     write_section,
 )
-from reference_vae import ReferenceVAE  # noqa: E402
+from reference_vae import ReferenceVAE, compiled_step  # noqa: E402
 
 from pyro_vae.model import VAE  # noqa: E402
 from pyro_vae.objectives import make_elbo  # noqa: E402
@@ -49,33 +49,8 @@ def reference_step(device, particles=1, iwae=False):
 
 
 def compiled_reference_step(device, particles=1, iwae=False):
-    """The plain-PyTorch step compiled the same way as pyro_vae's --compile (loss and gradients
-    traced by make_fx, compiled by inductor with torch's random numbers): the fair baseline."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
     ref = ReferenceVAE().to(device)
-    optimizer = torch.optim.Adam(ref.parameters(), lr=1e-3, eps=1e-8, fused=True)
-    names, params = zip(*ref.named_parameters())
-    values = [p.detach() for p in params]
-
-    def loss_and_grads(values, x):
-        loss = torch.func.functional_call(ref, dict(zip(names, values)), (x, particles, iwae), strict=False)
-        return loss.detach(), torch.autograd.grad(loss, values)
-    compiled = {}
-
-    def step(x):
-        if "fn" not in compiled:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                graph = make_fx(loss_and_grads)([v.clone().requires_grad_() for v in values], x)
-            compiled["fn"] = torch.compile(graph, dynamic=False, options={"fallback_random": True})
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            loss, grads = compiled["fn"](values, x)
-        for p, g in zip(params, grads):
-            p.grad = g
-        optimizer.step()
-        return loss
-    return step
+    return compiled_step(ref, torch.optim.Adam(ref.parameters(), lr=1e-3, eps=1e-8, fused=True), particles, iwae)
 
 
 def pyro_vae_step(device, elbo_name, particles=1, vectorize=False, jit=False, compile=False):
