@@ -53,10 +53,13 @@ def closed_form_elbo(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tenso
     reconstruction term with the reparameterization written out by hand."""
     loc, scale = vae.encoder(x)
     kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * torch.log(scale)).sum(-1)
-    z = loc + scale * torch.randn(num_samples, *loc.shape)
-    log_lik = -F.binary_cross_entropy_with_logits(vae.decoder(z), x.expand(num_samples, -1, -1),
-                                                  reduction="none").sum(-1)
-    return log_lik.mean(0) - kl
+    total = torch.zeros(len(x), dtype=torch.float64)
+    for chunk in [20_000] * (num_samples // 20_000) + [num_samples % 20_000]:
+        z = loc + scale * torch.randn(chunk, *loc.shape)
+        log_lik = -F.binary_cross_entropy_with_logits(vae.decoder(z), x.expand(chunk, -1, -1),
+                                                      reduction="none").sum(-1)
+        total += log_lik.double().sum(0)
+    return (total / num_samples).float() - kl
 
 
 @torch.no_grad()
@@ -65,7 +68,7 @@ def test_trace_and_meanfield_estimate_the_closed_form_elbo():
     vae = VAE(latent_dim=3, hidden_dims=(32,), binary_data=True)
     vae.encoder.loc.bias.fill_(1.0)  # q away from the prior: a KL of several nats
     x = torch.bernoulli(torch.full((4, 784), 0.2))
-    exact = closed_form_elbo(vae, x, 200_000).sum().item()
+    exact = closed_form_elbo(vae, x, 60_000).sum().item()  # its own error: about 0.06 nats
     for name in ("trace", "meanfield"):
         elbo = make_elbo(name, num_particles=500, vectorize=True)
         estimates = torch.tensor([-elbo.loss(vae.model, vae.guide, x) for _ in range(20)])

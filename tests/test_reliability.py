@@ -91,7 +91,10 @@ def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
         train(config, synthetic_dataset(), overwrite=True, resume=True, progress=False)
 
 
-def test_truncated_checkpoint_gives_one_clear_line(tmp_path, data_dir):
+def test_truncated_checkpoint_gives_one_clear_line(tmp_path, data_dir, capsys):
+    from pyro_vae.cli import evaluate as evaluate_cli, train as train_cli
+    from tests.test_cli import call
+
     run = tmp_path / "run"
     config = TrainConfig(run_dir=str(run), epochs=1, batch_size=16, hidden_dims=(8,), latent_dim=2)
     train(config, synthetic_dataset(), progress=False, log=lambda _: None)
@@ -99,11 +102,10 @@ def test_truncated_checkpoint_gives_one_clear_line(tmp_path, data_dir):
     (run / "checkpoint.pt").write_bytes(content[: len(content) // 2])
     with pytest.raises(ValueError, match="corrupt or not a pyro_vae checkpoint"):
         load_run(run)
-    for module, args in (("pyro_vae.train", ["--run-dir", str(run), "--resume"]),
-                         ("pyro_vae.evaluate", [str(run)])):
-        result = run_cli(module, *args, env={"PYRO_VAE_DATA": str(data_dir)})
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert "checkpoint.pt" in result.stderr and "Traceback" not in result.stderr
+    for main, args in ((train_cli.main, ["--run-dir", str(run), "--resume"]), (evaluate_cli.main, [str(run)])):
+        status, err = call(main, args, capsys)  # in-process: a fresh process is test_cli's business
+        assert status == 2 and err.count("\n") == 1, err
+        assert "checkpoint.pt" in err and "Traceback" not in err
 
 
 class RunsCode:
