@@ -50,34 +50,29 @@ class ReferenceVAE(nn.Module):
             return -(torch.logsumexp(log_w, 0) - math.log(particles)).sum()
         return -log_w.mean(0).sum()
 
-    forward = loss  # for torch.func.functional_call (the compiled reference step)
+
+class _ReferenceLoss(nn.Module):
+    """The reference's loss at fixed particles as a module's forward, for CompiledLoss."""
+
+    def __init__(self, ref: ReferenceVAE, particles: int, iwae: bool):
+        super().__init__()
+        self.ref, self.particles, self.iwae = ref, particles, iwae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ref.loss(x, self.particles, self.iwae)
 
 
 def compiled_step(ref: ReferenceVAE, optimizer: torch.optim.Optimizer, particles: int = 1, iwae: bool = False):
-    """The plain-PyTorch step compiled the way pyro_vae's --compile compiles a Pyro step (loss and
-    gradients traced by make_fx, compiled by inductor with torch's random numbers, replayed as a
-    CUDA graph on CUDA): the fair baseline for the compiled step."""
-    from torch.fx.experimental.proxy_tensor import make_fx
+    """The plain-PyTorch step compiled by the very code that compiles pyro_vae's --compile step
+    (pyro_vae.compiled.CompiledLoss: loss and gradients traced by make_fx, compiled by inductor
+    with torch's random numbers, replayed as a CUDA graph on CUDA): the fair baseline."""
+    from pyro_vae.compiled import CompiledLoss
 
-    names, params = zip(*ref.named_parameters())
-    values = [p.detach() for p in params]
-
-    def loss_and_grads(values, x):
-        loss = torch.func.functional_call(ref, dict(zip(names, values)), (x, particles, iwae), strict=False)
-        return loss.detach(), torch.autograd.grad(loss, values)
-    compiled = {}
+    compiled = CompiledLoss(_ReferenceLoss(ref, particles, iwae))
 
     def step(x):
-        if "fn" not in compiled:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                graph = make_fx(loss_and_grads)([v.clone().requires_grad_() for v in values], x)
-            options = {"fallback_random": True, **({"triton.cudagraphs": True} if x.device.type == "cuda" else {})}
-            compiled["fn"] = torch.compile(graph, dynamic=False, options=options)
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            loss, grads = compiled["fn"](values, x)
-        for p, g in zip(params, grads):
-            p.grad = g
+        loss = compiled.set_gradients(x)
         optimizer.step()
         return loss
     return step

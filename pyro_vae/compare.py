@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .evaluate import DEFAULT_IWAE_K
+
 
 MULTI_ESTIMATE = ("miwae", "piwae")  # NAME:MxK, M estimates of K samples
 
@@ -224,7 +226,7 @@ def _compare_fixed_model(run_dir: Path, specs: list[Estimator], out: Path, num_i
 
 
 def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, wall_seconds: float | None = None,
-                     iwae_k: int = 50, progress: bool = True) -> Path:
+                     iwae_k: int = DEFAULT_IWAE_K, progress: bool = True) -> Path:
     """Train one run per estimator from the TrainConfig ``base`` (same seed, data and net) for
     its epochs, and, with ``wall_seconds``, once more each under that wall-time budget; score
     each by importance sampling (log p(x) with ``base.eval_samples`` samples, IWAE_``iwae_k`` and

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .seeds import forked_rng
+
 
 class _Objective(nn.Module):
     """The ELBO's loss as a module's forward, so that torch.func.functional_call can swap the
@@ -47,15 +49,18 @@ class CompiledLoss:
     with respect to ``module``'s parameters (None for one the loss does not use), from a graph
     traced at the first call and compiled once per batch shape (see the module docstring).
 
+    With ``elbo`` None, ``module(x)`` is the loss itself: a plain PyTorch model is compiled the
+    same way (the benchmarks' hand-written reference).
+
     ``backend`` is torch.compile's ("inductor", the default), or None to run the traced graph
     as it is (no compilation: for checking a trace). On CUDA, ``cuda_graphs`` (default True)
     replays the compiled step as a CUDA graph, so one step costs one launch.
     """
 
-    def __init__(self, module: nn.Module, elbo, backend: str | None = "inductor", cuda_graphs: bool = True):
-        if not hasattr(elbo, "differentiable_loss"):
+    def __init__(self, module: nn.Module, elbo=None, backend: str | None = "inductor", cuda_graphs: bool = True):
+        if elbo is not None and not hasattr(elbo, "differentiable_loss"):
             raise ValueError(f"{type(elbo).__name__} has no differentiable_loss to trace")
-        self.objective = _Objective(module, elbo)
+        self.objective = module if elbo is None else _Objective(module, elbo)
         self.names = [name for name, _ in self.objective.named_parameters()]
         self.params = [p for _, p in self.objective.named_parameters()]
         # detached views share the parameters' storage: in-place optimizer updates reach the graph
@@ -77,6 +82,14 @@ class CompiledLoss:
         loss, grads = step(self.values, x)
         return loss, list(grads)
 
+    def set_gradients(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss, with its gradients set as the parameters' ``.grad`` (what ``loss.backward()``
+        leaves after ``optimizer.zero_grad(set_to_none=True)``), ready for the optimizer's step."""
+        loss, grads = self(x)
+        for param, grad in zip(self.params, grads):
+            param.grad = grad
+        return loss
+
     def trace(self, x: torch.Tensor) -> torch.fx.GraphModule:
         """The aten graph of (parameter values, x) -> (loss, gradients). Tracing runs the step
         once for real, inside a forked RNG, so it leaves torch's random stream as it found it."""
@@ -87,8 +100,7 @@ class CompiledLoss:
             grads = torch.autograd.grad(loss, values, allow_unused=True)
             return loss.detach(), grads
 
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+        with forked_rng(x.device), pyro.validation_enabled(False):
             inputs = [v.clone().requires_grad_() for v in self.values]
             return make_fx(loss_and_grads)(inputs, x)
 

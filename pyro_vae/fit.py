@@ -32,6 +32,7 @@ from torch import nn
 
 from . import runs
 from .data import epoch_permutation
+from .seeds import forked_rng
 
 
 class TrainingFailed(RuntimeError):
@@ -167,13 +168,10 @@ def make_step(module: nn.Module, elbo, optimizer: torch.optim.Optimizer, validat
         nonlocal validated
         if compiled is not None and compiled.accepts(x):
             if not validated:  # Pyro's checks, once, on draws the run does not use
-                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
-                        torch.no_grad():
+                with forked_rng(x.device), torch.no_grad():
                     elbo.differentiable_loss(module.model, module.guide, x)
             optimizer.zero_grad(set_to_none=True)
-            loss, grads = compiled(x)
-            for param, grad in zip(compiled.params, grads):
-                param.grad = grad
+            loss = compiled.set_gradients(x)
         else:
             checks = contextlib.nullcontext() if validate_every_step or not validated else \
                 pyro.validation_enabled(False)

@@ -34,7 +34,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .distributed import World, gather_objects
-from .seeds import derived_seed
+from .seeds import derived_seed, forked_rng
 
 MAX_PLATE_NESTING = 1  # the seed VAE's: its data plate; vectorized particles live at dim -2
 
@@ -280,19 +280,18 @@ def estimate_per_item(model: Callable, guide: Callable, images: torch.Tensor, nu
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     iwae_k = min(iwae_k, num_samples)
     if bytes_per_row is None:
-        with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+        with forked_rng(images.device):
             torch.manual_seed(seed)  # a measurement that draws the same samples every time
             bytes_per_row = measured_bytes_per_row(model, guide, images, args, kwargs, max_plate_nesting)
     plan = plan_chunks(num_samples, len(images), bytes_per_row, max_memory_mb, batch_size)
     parts: list[tuple[int, dict[str, torch.Tensor]]] = []
-    devices = [images.device] if images.device.type == "cuda" else []
     starts = list(range(0, len(images), plan.images_per_chunk))
     mine = [(i, b) for i, b in enumerate(starts) if i % world.size == world.rank]
     bar = tqdm(total=sum(min(plan.images_per_chunk, len(images) - b) for _, b in mine) * num_samples,
                unit="sample", unit_scale=True, disable=None if progress else True, desc="log p(x)",
                dynamic_ncols=True)
     validated = False
-    with torch.random.fork_rng(devices=devices):
+    with forked_rng(images.device):
         for index, begin in mine:
             torch.manual_seed(batch_seed(seed, index))
             x = images[begin:begin + plan.images_per_chunk]

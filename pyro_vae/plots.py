@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from .model import VAE  # noqa: E402
+from .seeds import forked_rng  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
@@ -36,9 +37,14 @@ def run_title(config: dict) -> str:
 PRIOR_SEED = 0  # prior_samples.png shows the same draws of z every time it is drawn
 
 
+def digit_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
+    """(N, 784) pixel intensities as one (3, H, W) image of 28x28 digits, ``nrow`` to a row."""
+    return make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+
+
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
     """(N, 784) pixel intensities in [0, 1] as a grid of 28x28 digits, each about 84 pixels wide."""
-    grid = make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    grid = digit_grid(images, nrow)
     width = nrow * 0.6 + 0.3
     fig, ax = plt.subplots(figsize=(width, grid.shape[1] / grid.shape[2] * nrow * 0.6 + 0.5))
     ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -53,16 +59,20 @@ def prior_draws(vae: VAE, num: int = 64) -> torch.Tensor:
     """Decoder means of ``num`` draws of z from the prior, the same draws at every call (a fixed
     seed, on a forked random stream that leaves the caller's as it was)."""
     device = next(vae.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         torch.manual_seed(PRIOR_SEED)
         return vae.sample_images(num)
 
 
+def reconstruction_pairs(vae: VAE, images: torch.Tensor) -> torch.Tensor:
+    """The images, then their reconstructions (decoder mean at the encoder mean): two rows."""
+    return torch.cat([images, vae.reconstruct(images)])
+
+
 def plot_reconstructions(vae: VAE, images: torch.Tensor, path: Path, num: int = 10) -> None:
-    """Row pairs: test images above their reconstructions (decoder mean at the encoder mean)."""
     images = images[:num]
-    pairs = torch.cat([images, vae.reconstruct(images)])
-    save_image_grid(pairs, path, nrow=len(images), title="test images (top) and reconstructions")
+    save_image_grid(reconstruction_pairs(vae, images), path, nrow=len(images),
+                    title="test images (top) and reconstructions")
 
 
 def plot_prior_samples(vae: VAE, path: Path, num: int = 64) -> None:

@@ -168,9 +168,10 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict, marker: str = CHECKPOINT_FORMAT) -> None:
+    """Write a checkpoint (or, with MODEL_FORMAT, a model file) atomically, with its marker."""
     buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    torch.save({"format": marker, **state}, buffer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buffer.getvalue())
 
@@ -204,14 +205,11 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
     missing = [name for name in evaluations if not (run_dir / name).is_file()]
     if missing:
         raise ValueError(f"{run_dir} has no {missing[0]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     averaged = "model_ema" in state
-    model = {"format": MODEL_FORMAT, "config": state["config"], "epoch": state["epoch"],
-             "weights": "averaged" if averaged else "last",
-             "model": state["model_ema"] if averaged else state["model"]}
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    atomic_write(out_dir / MODEL_FILE, buffer.getvalue())
+    save_checkpoint(out_dir / MODEL_FILE, {"config": state["config"], "epoch": state["epoch"],
+                                           "weights": "averaged" if averaged else "last",
+                                           "model": state["model_ema"] if averaged else state["model"]},
+                    MODEL_FORMAT)
     names = [CONFIG_FILE, METRICS_FILE, CURVE_FILE, *evaluations, *(p.name for p in run_dir.glob("*.png"))]
     for name in names:
         if (run_dir / name).is_file():
@@ -319,15 +317,15 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
         raise ValueError(f"unknown weights {weights!r}; choose from {', '.join(WEIGHTS)}")
     if not (Path(run_dir) / CHECKPOINT_FILE).exists() and (Path(run_dir) / MODEL_FILE).exists():
         state = load_checkpoint(Path(run_dir) / MODEL_FILE, device, MODEL_FORMAT)  # an exported run
-        if weights != state["weights"] and state["weights"] == "averaged":
+        if weights == "last" and state["weights"] == "averaged":
             raise ValueError(f"{run_dir} holds only the averaged weights it is scored by")
-        state = {**state, "model_ema": state["model"]} if state["weights"] == "averaged" else state
+        model = state["model"]  # the one set of weights it holds
     else:
         state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
+        model = state["model_ema"] if "model_ema" in state and weights == "averaged" else state["model"]
     vae = build_vae(state["config"]).to(device)
     try:
-        vae.load_state_dict(state["model_ema"] if "model_ema" in state and weights == "averaged"
-                            else state["model"])
+        vae.load_state_dict(model)
     except (RuntimeError, KeyError, TypeError) as error:
         raise ValueError(f"{run_dir}: checkpoint does not match its config ({str(error)[:160]})") from None
     pyro.clear_param_store()

@@ -8,35 +8,27 @@ import math
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
 
 from .fit import Callback, FitState
 
 SCALARS = {"train_elbo": "elbo/train", "valid_elbo": "elbo/valid", "test_elbo": "elbo/test", "lr": "learning_rate"}
 
 
-def summary_writer(log_dir: str | Path):
-    """A ``torch.utils.tensorboard.SummaryWriter`` writing into ``log_dir``."""
+def check_tensorboard() -> None:
+    """A one-line ValueError, before any work, if the tensorboard package is missing."""
     try:
         import tensorboard  # noqa: F401  (torch's writer needs the package)
-        from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ValueError("TensorBoard logging needs the tensorboard package: "
                          "pip install 'pyro-vae[tensorboard]' (or pip install tensorboard)") from None
+
+
+def summary_writer(log_dir: str | Path):
+    """A ``torch.utils.tensorboard.SummaryWriter`` writing into ``log_dir``."""
+    check_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(log_dir))
-
-
-def check_tensorboard() -> None:
-    """Raise the one-line ValueError of :func:`summary_writer` before any work, if it would."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        summary_writer("unused")
-
-
-def digit_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """(N, 784) intensities as one (3, H, W) image of 28x28 digits."""
-    return make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=2, pad_value=1.0)
 
 
 class TensorBoardLog(Callback):
@@ -58,11 +50,11 @@ class TensorBoardLog(Callback):
         self.writer.flush()
 
     def on_fit_end(self, state: FitState) -> None:
-        from .plots import prior_draws
+        from .plots import digit_grid, prior_draws, reconstruction_pairs
 
         if len(self.test_images) and state.history:
             images = self.test_images[:10]
-            pairs = torch.cat([images, self.evaluated.reconstruct(images)])
+            pairs = reconstruction_pairs(self.evaluated, images)
             self.writer.add_image("reconstructions", digit_grid(pairs, len(images)), state.history[-1]["epoch"])
             self.writer.add_image("prior_samples", digit_grid(prior_draws(self.evaluated), 8),
                                   state.history[-1]["epoch"])

@@ -9,11 +9,13 @@ import contextlib
 from pathlib import Path
 
 from . import runs
+from .evaluate import DEFAULT_IWAE_K
 from .trainer import RESUMABLE_SETTINGS, TrainConfig, train
 
 
 def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool = False,
-                     progress: bool = True, dataset=None, may_change=RESUMABLE_SETTINGS, iwae_k: int = 50) -> dict:
+                     progress: bool = True, dataset=None, may_change=RESUMABLE_SETTINGS,
+                     iwae_k: int = DEFAULT_IWAE_K) -> dict:
     """Train, draw the run's figures, and score the test set by importance sampling (log p(x) with
     ``config.eval_samples`` samples, the IWAE_k bound with ``iwae_k`` and the ELBO from the same
     samples), holding the run directory (one writer) from before the data is read to the end."""

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Sequence
 
 from ..compare import MULTI_ESTIMATE, Estimator, compare_fixed_model, compare_training
+from ..evaluate import DEFAULT_IWAE_K
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, positive_float, positive_int, run_main,
                train_config)
 
 FIXED_MODEL_DEFAULTS = {"num_images": 1000, "grad_batch": 100, "repeats": 100}
 # training mode's own flags and defaults (the net's and the data's are TrainConfig's)
-TRAINING_DEFAULTS = {"epochs": 5, "wall_seconds": None, "train_size": None, "eval_samples": 100, "iwae_k": 50,
+TRAINING_DEFAULTS = {"epochs": 5, "wall_seconds": None, "train_size": None, "eval_samples": 100,
+                     "iwae_k": DEFAULT_IWAE_K,
                      "latent_dim": None, "hidden_dims": None, "dataset": None, "binarize": None, "compile": None}
 DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
 
@@ -56,7 +58,7 @@ def build_parser() -> ArgumentParser:
     training.add_argument("--epochs", type=positive_int, help="epoch budget (5)")
     training.add_argument("--wall-seconds", type=positive_float, help="also a wall-time budget per estimator")
     training.add_argument("--eval-samples", type=int, help="K for IS log p(x) (100)")
-    training.add_argument("--iwae-k", type=positive_int, help="k of the IWAE_k bound beside it (50)")
+    training.add_argument("--iwae-k", type=positive_int, help=f"k of the IWAE_k bound beside it ({DEFAULT_IWAE_K})")
     training.add_argument("--compile", action="store_true", default=None,
                           help="trace and compile each estimator's step (see train --help)")
     add_net_flags(training)

@@ -77,11 +77,9 @@ def _class_names(dataset: str) -> list[str] | None:
 @torch.no_grad()
 def _plot_manifold(means: torch.Tensor, grid_size: int, path: Path) -> None:
     """The decoder means on the grid, with z_1 and z_2 marked along the axes."""
-    from torchvision.utils import make_grid
+    from ..plots import digit_grid, plt, save_figure
 
-    from ..plots import plt, save_figure
-
-    grid = make_grid(means.detach().reshape(-1, 1, 28, 28).cpu(), nrow=grid_size, padding=0)
+    grid = digit_grid(means, grid_size, padding=0)
     z = latent_grid(grid_size)[:grid_size, 0]  # the first row: z_1 from low to high
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
