@@ -226,11 +226,13 @@ def _compare_fixed_model(run_dir: Path, specs: list[Estimator], out: Path, num_i
 
 
 def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, wall_seconds: float | None = None,
-                     iwae_k: int = DEFAULT_IWAE_K, progress: bool = True) -> Path:
+                     iwae_k: int = DEFAULT_IWAE_K, eval_limit: int | None = None, progress: bool = True) -> Path:
     """Train one run per estimator from the TrainConfig ``base`` (same seed, data and net) for
     its epochs, and, with ``wall_seconds``, once more each under that wall-time budget; score
     each by importance sampling (log p(x) with ``base.eval_samples`` samples, IWAE_``iwae_k`` and
-    the ELBO from the same samples). Writes comparison.md, comparison.json
+    the ELBO from the same samples; on the first ``eval_limit`` test images if given), and each
+    log p(x) against the first estimator's, image by image (a paired difference, whose standard
+    error is far smaller than either score's). Writes comparison.md, comparison.json
     and learning_curves.png into ``out`` (held as its one writer; an interrupted comparison
     resumes) and returns it."""
     from . import runs
@@ -239,12 +241,12 @@ def compare_training(estimators: Sequence[Estimator], out: str | Path, base, *, 
     out = Path(out)
     torch_device = resolve_device(base.device)
     with runs.claim_run_dir(out):  # checked before any work, and one writer
-        _compare_training(list(estimators), out, base, wall_seconds, iwae_k, progress, torch_device)
+        _compare_training(list(estimators), out, base, wall_seconds, iwae_k, eval_limit, progress, torch_device)
     return out
 
 
 def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: float | None, iwae_k: int,
-                      progress: bool, device) -> None:
+                      eval_limit: int | None, progress: bool, device) -> None:
     import dataclasses
 
     from . import runs
@@ -264,8 +266,9 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
             config = dataclasses.replace(base, **limits, **spec.train_settings(), run_dir=str(out / tag))
             resume = (out / tag / runs.CHECKPOINT_FILE).exists()  # an interrupted comparison goes on
             print(f"--- {spec.label}, budget: {budget}")
-            report = train_and_report(config, resume=resume, progress=progress, dataset=data, iwae_k=iwae_k)
-            history, evaluation = report["history"], report["eval"] or {"summary": {}}
+            report = train_and_report(config, resume=resume, progress=progress, dataset=data, iwae_k=iwae_k,
+                                      eval_limit=eval_limit)
+            history, evaluation = report["history"], report["eval"] or {"summary": {}, "per_image": {}}
             results.append({"estimator": spec.name, "particles": spec.particles, "estimates": spec.estimates,
                             "label": spec.label,
                             "budget": budget, "epochs": len(history),
@@ -275,19 +278,29 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
                             "log_px_stderr": evaluation["summary"].get("log_px_stderr"),
                             "iwae": evaluation["summary"].get("iwae_mean"),
                             "elbo": evaluation["summary"].get("elbo_mean"),
+                            "eval_images": evaluation.get("settings", {}).get("num_images"),
+                            "log_px_per_image": evaluation["per_image"].get("log_px"),
                             "history": history})
+    for budget, _ in budgets:
+        paired_differences([r for r in results if r["budget"] == budget])
+    for r in results:
+        del r["log_px_per_image"]  # in each run's eval report; the comparison keeps the differences
     runs.write_json(out / "comparison.json", {"settings": {**base.to_dict(), "mode": "train", "epochs": base.epochs,
-                                                           "wall_seconds": wall_seconds, "iwae_k": iwae_k},
+                                                           "wall_seconds": wall_seconds, "iwae_k": iwae_k,
+                                                           "eval_limit": eval_limit},
                                               "estimators": results})
     k = min(iwae_k, base.eval_samples) if base.eval_samples else iwae_k
+    images = next((f" on {r['eval_images']} test images" for r in results if r["eval_images"]), "")
     lines = [f"| estimator | budget | epochs | train s | final test ELBO (1 sample) | "
-             f"IS log p(x), K={base.eval_samples} | IWAE_{k} | ELBO (same samples) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"IS log p(x), K={base.eval_samples}{images} | minus the first row's, paired | IWAE_{k} | "
+             f"ELBO (same samples) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lp = "n/a" if r["log_px"] is None else f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f}"
+        diff = "n/a" if r.get("log_px_diff") is None else f"{r['log_px_diff']:+.2f} ± {r['log_px_diff_stderr']:.2f}"
         bounds = " | ".join("n/a" if r[key] is None else f"{r[key]:.2f}" for key in ("iwae", "elbo"))
         lines.append(f"| {r['label']} | {r['budget']} | {r['epochs']} | {r['train_seconds']:.0f} | "
-                     f"{r['final_test_elbo']:.2f} | {lp} | {bounds} |")
+                     f"{r['final_test_elbo']:.2f} | {lp} | {diff} | {bounds} |")
     fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
     for ax, (budget, _) in zip(axes[0], budgets):
         for r in (r for r in results if r["budget"] == budget):
@@ -305,6 +318,21 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
                                        "![learning curves](learning_curves.png)\n")
     print(table)
     print(f"wrote {out}/comparison.md")
+
+
+def paired_differences(results: list[dict]) -> None:
+    """Add each result's log p(x) minus the first result's, per image (the same images and
+    importance-sampling seed), as ``log_px_diff`` ± ``log_px_diff_stderr`` (standard error of the
+    mean difference): the between-image spread, which dominates either score's error, cancels."""
+    reference = results[0]["log_px_per_image"] if results else None
+    for r in results:
+        values = r["log_px_per_image"]
+        if reference is None or values is None or len(values) != len(reference):
+            continue
+        differences = [a - b for a, b in zip(values, reference)]
+        mean = math.fsum(differences) / len(differences)
+        spread = math.fsum((d - mean) ** 2 for d in differences) / max(len(differences) - 1, 1)
+        r["log_px_diff"], r["log_px_diff_stderr"] = mean, math.sqrt(spread / len(differences))
 
 
 if __name__ == "__main__":  # python -m pyro_vae.compare

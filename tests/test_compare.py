@@ -121,12 +121,24 @@ def test_training_mode_trains_each_estimator_and_reports_its_bounds(data_dir, tm
     status, err = call(compare_cli.main, ["--train", "--estimators", "trace:1,miwae:2x2", "--epochs", "1",
                                           "--train-size", "200", "--hidden-dims", "16", "--latent-dim", "2",
                                           "--binarize", "dynamic", "--eval-samples", "10", "--iwae-k", "5",
+                                          "--eval-limit", "30",
                                           "--data-dir", str(data_dir), "--out", str(out), "--no-progress"], capsys)
     assert status == 0, err
     rows = json.loads((out / "comparison.json").read_text())["estimators"]
-    assert [(r["estimator"], r["estimates"], r["particles"], r["epochs"]) for r in rows] == [
-        ("trace", 1, 1, 1), ("miwae", 2, 2, 1)]
+    assert [(r["estimator"], r["estimates"], r["particles"], r["epochs"], r["eval_images"]) for r in rows] == [
+        ("trace", 1, 1, 1, 30), ("miwae", 2, 2, 1, 30)]
     for r in rows:  # on the same samples, per image: log p(x) estimate >= IWAE_5 >= ELBO
         assert r["log_px"] >= r["iwae"] >= r["elbo"]
-    assert "IWAE_5" in (out / "comparison.md").read_text()
+    # the paired difference is the mean and standard error of the per-image differences of the
+    # two runs' own reports (an unpaired error, or images out of order, would not match)
+    (trace_report,), (miwae_report,) = ([json.loads(p.read_text()) for p in (out / tag).glob("eval_test_K10*.json")]
+                                        for tag in ("trace-1-epochs", "miwae-2x2-epochs"))
+    differences = (torch.tensor(miwae_report["per_image"]["log_px"], dtype=torch.float64)
+                   - torch.tensor(trace_report["per_image"]["log_px"], dtype=torch.float64))
+    assert len(differences) == 30
+    assert rows[0]["log_px_diff"] == 0 and rows[0]["log_px_diff_stderr"] == 0
+    assert rows[1]["log_px_diff"] == pytest.approx(differences.mean().item(), abs=1e-6)
+    assert rows[1]["log_px_diff_stderr"] == pytest.approx(differences.std().item() / 30 ** 0.5, rel=1e-6)
+    table = (out / "comparison.md").read_text()
+    assert "IWAE_5" in table and "on 30 test images" in table and f"{rows[1]['log_px_diff']:+.2f}" in table
     assert (out / "learning_curves.png").exists() and (out / "miwae-2x2-epochs" / "checkpoint.pt").exists()

@@ -15,7 +15,7 @@ from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, positi
 FIXED_MODEL_DEFAULTS = {"num_images": 1000, "grad_batch": 100, "repeats": 100}
 # training mode's own flags and defaults (the net's and the data's are TrainConfig's)
 TRAINING_DEFAULTS = {"epochs": 5, "wall_seconds": None, "train_size": None, "eval_samples": 100,
-                     "iwae_k": DEFAULT_IWAE_K,
+                     "iwae_k": DEFAULT_IWAE_K, "eval_limit": None,
                      "latent_dim": None, "hidden_dims": None, "dataset": None, "binarize": None, "compile": None}
 DEFAULT_ESTIMATORS = "trace:1,trace:5,trace:10,meanfield:1,meanfield:10,iwae:5,iwae:50"
 
@@ -58,6 +58,8 @@ def build_parser() -> ArgumentParser:
     training.add_argument("--epochs", type=positive_int, help="epoch budget (5)")
     training.add_argument("--wall-seconds", type=positive_float, help="also a wall-time budget per estimator")
     training.add_argument("--eval-samples", type=int, help="K for IS log p(x) (100)")
+    training.add_argument("--eval-limit", type=positive_int,
+                          help="score log p(x) on the first N test images only (default: all)")
     training.add_argument("--iwae-k", type=positive_int, help=f"k of the IWAE_k bound beside it ({DEFAULT_IWAE_K})")
     training.add_argument("--compile", action="store_true", default=None,
                           help="trace and compile each estimator's step (see train --help)")
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.train:
         out = args.out or Path("runs") / f"compare-train-{time.strftime('%Y%m%d-%H%M%S')}"
         compare_training(args.specs, out, train_config(args), wall_seconds=args.wall_seconds, iwae_k=args.iwae_k,
-                         progress=not args.no_progress)
+                         eval_limit=args.eval_limit, progress=not args.no_progress)
     else:
         compare_fixed_model(args.run_dir, args.specs, args.out, num_images=args.num_images,
                             grad_batch=args.grad_batch, repeats=args.repeats, seed=args.seed,
