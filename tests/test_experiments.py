@@ -1,11 +1,13 @@
 """The seed's experiments: the latent grid, the sweep's skip/resume, and every figure command."""
 
+import csv
 
 import pytest
 import torch
 
 from pyro_vae import runs
 from pyro_vae.cli import experiments
+from pyro_vae.recipes.latent_sweep import overtaken_from
 from pyro_vae.recipes.manifold import draw_manifold, latent_grid
 from pyro_vae.cli import UsageError
 from pyro_vae.model import VAE
@@ -38,8 +40,29 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
     assert "J=2: finished run" in again and "skipped" in again and "training" not in again
     longer = sweep(tmp_path, 2, capsys)
     assert "J=2: resuming" in longer
-    assert [row["epoch"] for row in read_metrics(out / "J2" / "metrics.csv")] == [1, 2]
-    assert "| 3 | 2 |" in (out / "latent_sweep.md").read_text()
+    assert [row["epoch"] for row in read_metrics(out / "J2-adam" / "metrics.csv")] == [1, 2]
+    assert "| 3 | adam 0.001 | 2 | 600 |" in (out / "latent_sweep.md").read_text()
+    # Adagrad beside Adam in the same folder: one table of both
+    experiments.main(["latent-sweep", "--latent-dims", "3", "--optimizer", "adagrad", "--lr", "0.02", "--epochs", "1",
+                      "--train-size", "300", "--hidden-dims", "32", "--eval-samples", "3", "--out", str(tmp_path),
+                      "--no-progress"])
+    with open(out / "latent_sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["latent_dim"], r["optimizer"], r["lr"], r["epochs"], r["images_seen"]) for r in rows] == [
+        ("3", "adagrad", "0.02", "1", "300"), ("2", "adam", "0.001", "2", "600"), ("3", "adam", "0.001", "2", "600")]
+    for r in rows:
+        assert float(r["gap"]) == pytest.approx(float(r["train_elbo"]) - float(r["test_elbo"]))
+        assert float(r["log_px"]) > -1000
+
+
+def test_overtaking_is_the_start_of_the_last_stretch_above():
+    def history(values):
+        return [{"epoch": i + 1, "images_seen": 100 * (i + 1), "test_elbo": v} for i, v in enumerate(values)]
+
+    small = history([-100, -95, -93, -92, -91])
+    assert overtaken_from(history([-110, -94, -94, -91, -90]), small) == 400  # above at 200, below at 300
+    assert overtaken_from(history([-99, -94, -92, -91, -90]), small) == 100
+    assert overtaken_from(history([-99, -94, -92, -91, -92]), small) is None  # below at the end
 
 
 def test_manifold_and_figures_write_pngs(tmp_path, data_dir, monkeypatch, capsys):

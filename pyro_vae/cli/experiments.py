@@ -52,6 +52,8 @@ def build_parser() -> ArgumentParser:
         q.add_argument("--epochs", type=positive_int, help=f"(default {epochs})")
         if training:
             add_net_flags(q, latent_dim=False)
+            q.add_argument("--compile", action="store_true", default=None,
+                           help="trace and compile the training step (see train --help)")
         add_data_flags(q, dataset=training)
         q.add_argument("--device", default="auto")
         q.add_argument("--seed", type=int, help="(default 0)")

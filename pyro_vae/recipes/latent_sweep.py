@@ -1,7 +1,9 @@
 """Kingma & Welling's latent-size experiment (their Figure 2): the seed model trained for each
 latent size J, train and test ELBO against training images seen, one panel per J, and the final
-test ELBO and IS log p(x) against J. Each J is an ordinary run directory: finished ones are
-skipped, interrupted ones resumed, earlier ones with other settings refused."""
+test ELBO and IS log p(x) against J. Each J and optimiser is an ordinary run directory (J20-adam,
+J200-adagrad, ...): finished ones are skipped, interrupted ones resumed, earlier ones with other
+settings refused. The table and figures cover every run in the sweep's folder, so a sweep with
+Adam and one with Adagrad into the same folder end in one table."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from . import existing_run, score_path_for
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
 
 
+def run_name(latent_dim: int, optimizer: str) -> str:
+    """A sweep's run directory for one J and optimiser: J20-adam, J200-adagrad, ..."""
+    return f"J{latent_dim}-{optimizer}"
+
+
 def latent_sweep(args) -> None:
     from .. import runs
     from ..data import load_dataset
@@ -25,13 +32,12 @@ def latent_sweep(args) -> None:
     out = Path(args.out)
     device = resolve_device(args.device)
     with runs.claim_run_dir(out):  # the sweep's table and figures; each J's run is claimed in turn
-        configs = [train_config(args, latent_dim=latent_dim, run_dir=str(out / f"J{latent_dim}"))
+        configs = [train_config(args, latent_dim=latent_dim, run_dir=str(out / run_name(latent_dim, args.optimizer)))
                    for latent_dim in args.latent_dims]
         # every earlier run is checked against the settings asked for before any work
         found = [existing_run(Path(c.run_dir), c, RESUMABLE_SETTINGS) for c in configs]
         first = configs[0]
         data = load_dataset(first.dataset, first.binarize, first.data_dir, device, first.train_size)
-        results = []
         for config, state in zip(configs, found):
             run_dir, latent_dim = Path(config.run_dir), config.latent_dim
             score = score_path_for(run_dir, args.eval_samples, args.device)
@@ -40,56 +46,116 @@ def latent_sweep(args) -> None:
             else:
                 print(f"J={latent_dim}: {'resuming' if state else 'training'} in {run_dir}")
                 train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
-            history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-            summary = json.loads(score.read_text())["summary"] if args.eval_samples else {}
-            results.append({"latent_dim": latent_dim, "epochs": len(history),
-                            "train_elbo": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
-                            "log_px": summary.get("log_px_mean", math.nan),
-                            "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
-        _write_sweep(results, out, args)
+        write_sweep(sweep_results(out, args.eval_samples, args.device), out, args.eval_samples)
 
 
-def _write_sweep(results: list[dict], out: Path, args) -> None:
+def sweep_results(out: Path, eval_samples: int, device: str) -> list[dict]:
+    """Every run in the sweep folder ``out`` (each J and optimiser trained there), ordered by
+    optimiser and J: its last epoch's train and test ELBO, their gap (train - test: the
+    overfitting measure), and its test log p(x) at ``eval_samples`` (NaN where not scored)."""
+    from .. import runs
+    from ..trainer import DEFAULT_LR
+
+    results = []
+    for run_dir in out.glob("J*-*"):
+        if not (run_dir / runs.METRICS_FILE).is_file():
+            continue
+        history = runs.read_metrics(run_dir / runs.METRICS_FILE)
+        config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+        score = score_path_for(run_dir, eval_samples, device)
+        summary = json.loads(score.read_text())["summary"] if eval_samples and score.is_file() else {}
+        if not history:
+            continue
+        last = history[-1]
+        results.append({"latent_dim": config["latent_dim"], "optimizer": config["optimizer"],
+                        "lr": config["lr"] if config["lr"] is not None else DEFAULT_LR[config["optimizer"]],
+                        "epochs": last["epoch"], "images_seen": last["images_seen"],
+                        "train_elbo": last["train_elbo"], "test_elbo": last["test_elbo"],
+                        "gap": last["train_elbo"] - last["test_elbo"],
+                        "log_px": summary.get("log_px_mean", math.nan),
+                        "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
+    return sorted(results, key=lambda r: (r["optimizer"], r["latent_dim"]))
+
+
+def overtaken_from(larger: list[dict], smaller: list[dict]) -> int | None:
+    """The images seen from which the ``larger`` history's test ELBO stays above the ``smaller``
+    one's at every later common epoch (None if it never does, or they share no epoch)."""
+    theirs = {row["epoch"]: row["test_elbo"] for row in smaller}
+    common = [row for row in larger if row["epoch"] in theirs]
+    since = None
+    for row in common:
+        if row["test_elbo"] > theirs[row["epoch"]]:
+            since = row["images_seen"] if since is None else since
+        else:
+            since = None
+    return since
+
+
+def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
+    """latent_sweep.csv and .md (one row per J and optimiser) and the two figures."""
     from ..plots import plt, save_figure
 
-    fields = ["latent_dim", "epochs", "train_elbo", "test_elbo", "log_px", "log_px_stderr"]
+    fields = ["latent_dim", "optimizer", "lr", "epochs", "images_seen", "train_elbo", "test_elbo", "gap",
+              "log_px", "log_px_stderr"]
     with open(out / "latent_sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results)
-    lines = ["| J | epochs | train ELBO | test ELBO | IS log p(x), K=%d |" % args.eval_samples,
-             "|---:|---:|---:|---:|---:|"]
+    lines = [f"| J | optimiser | epochs | images seen | train ELBO | test ELBO | train - test | "
+             f"IS log p(x), K={eval_samples} |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['latent_dim']} | {r['epochs']} | {r['train_elbo']:.2f} | {r['test_elbo']:.2f} | "
+        lines.append(f"| {r['latent_dim']} | {r['optimizer']} {r['lr']:g} | {r['epochs']} | {r['images_seen']:.3g} | "
+                     f"{r['train_elbo']:.2f} | {r['test_elbo']:.2f} | {r['gap']:+.2f} | "
                      f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} |")
+    lines += ["", "Train ELBO: the running mean over the last epoch's minibatches; test ELBO: one sample "
+              "per test image after it.", ""]
+    optimizers = sorted({r["optimizer"] for r in results})
+    for optimizer in optimizers:
+        mine = [r for r in results if r["optimizer"] == optimizer]
+        largest = mine[-1]
+        for r in mine[:-1]:
+            since = overtaken_from(largest["history"], r["history"])
+            verdict = f"from {since:,} images seen on" if since is not None else "not at the end"
+            lines.append(f"- {optimizer}: J = {largest['latent_dim']}'s test ELBO above J = {r['latent_dim']}'s: "
+                         f"{verdict}")
     (out / "latent_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), sharey=True, squeeze=False)
-    for ax, r in zip(axes[0], results):
-        seen = [row["images_seen"] for row in r["history"]]
-        ax.plot(seen, [row["train_elbo"] for row in r["history"]], label="train")
-        ax.plot(seen, [row["test_elbo"] for row in r["history"]], "--", label="test")
+    dims = sorted({r["latent_dim"] for r in results})
+    fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims), 3.4), sharey=True, squeeze=False)
+    colors = dict(zip(optimizers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, latent_dim in zip(axes[0], dims):
+        for r in (r for r in results if r["latent_dim"] == latent_dim):
+            seen = [row["images_seen"] for row in r["history"]]
+            ax.plot(seen, [row["train_elbo"] for row in r["history"]], color=colors[r["optimizer"]],
+                    label=f"{r['optimizer']} train")
+            ax.plot(seen, [row["test_elbo"] for row in r["history"]], "--", color=colors[r["optimizer"]],
+                    label=f"{r['optimizer']} test")
         ax.set_xscale("log")
-        ax.set_title(f"J = {r['latent_dim']}", fontsize=10)
+        ax.set_title(f"J = {latent_dim}", fontsize=10)
         ax.set_xlabel("training images seen")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize=8)
     save_figure(fig, out / "latent_sweep_curves.png", dpi=90)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    dims = [r["latent_dim"] for r in results]
-    ax.plot(dims, [r["test_elbo"] for r in results], marker="o", label="test ELBO")
-    if args.eval_samples:
-        ax.errorbar(dims, [r["log_px"] for r in results], yerr=[r["log_px_stderr"] for r in results],
-                    marker="s", capsize=3, label=f"IS log p(x), K={args.eval_samples}")
+    for optimizer in optimizers:
+        mine = [r for r in results if r["optimizer"] == optimizer]
+        xs = [r["latent_dim"] for r in mine]
+        ax.plot(xs, [r["test_elbo"] for r in mine], marker="o", color=colors[optimizer],
+                label=f"{optimizer}: test ELBO")
+        if eval_samples:
+            ax.errorbar(xs, [r["log_px"] for r in mine], yerr=[r["log_px_stderr"] for r in mine], marker="s",
+                        linestyle="--", capsize=3, color=colors[optimizer],
+                        label=f"{optimizer}: log p(x), K={eval_samples}")
     ax.set_xscale("log")
     ax.set_xticks(dims)
     ax.set_xticklabels([str(d) for d in dims])
     ax.set_xlabel("latent dimension J")
     ax.set_ylabel("nats per test image")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     save_figure(fig, out / "latent_sweep_summary.png", dpi=90)
     print(f"wrote {out}/latent_sweep.csv, latent_sweep.md, latent_sweep_curves.png, latent_sweep_summary.png")
