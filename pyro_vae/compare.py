@@ -11,6 +11,7 @@ Both write comparison.md, comparison.json and PNGs into ``--out``.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .evaluate import DEFAULT_IWAE_K
 
 
 MULTI_ESTIMATE = ("miwae", "piwae")  # NAME:MxK, M estimates of K samples
+FINISHED_FILE = "comparison_row.json"  # in each run of a training comparison, once trained and scored
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,15 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
             tag = f"{spec.name}-{spec.estimates}x{spec.particles}-{budget}" if spec.estimates > 1 else \
                 f"{spec.name}-{spec.particles}-{budget}"
             config = dataclasses.replace(base, **limits, **spec.train_settings(), run_dir=str(out / tag))
-            resume = (out / tag / runs.CHECKPOINT_FILE).exists()  # an interrupted comparison goes on
+            # an interrupted comparison goes on: a run trained and scored with these settings is
+            # reused, an unfinished one resumed
+            settings = {"config": config.to_dict(), "iwae_k": iwae_k, "eval_limit": eval_limit}
+            done = out / tag / FINISHED_FILE
+            if done.is_file() and json.loads(done.read_text())["settings"] == settings:
+                print(f"--- {spec.label}, budget: {budget}: trained and scored, reused")
+                results.append(json.loads(done.read_text())["result"])
+                continue
+            resume = (out / tag / runs.CHECKPOINT_FILE).exists()
             print(f"--- {spec.label}, budget: {budget}")
             report = train_and_report(config, resume=resume, progress=progress, dataset=data, iwae_k=iwae_k,
                                       eval_limit=eval_limit)
@@ -281,6 +291,7 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
                             "eval_images": evaluation.get("settings", {}).get("num_images"),
                             "log_px_per_image": evaluation["per_image"].get("log_px"),
                             "history": history})
+            runs.write_json(done, {"settings": settings, "result": results[-1]})
     for budget, _ in budgets:
         paired_differences([r for r in results if r["budget"] == budget])
     for r in results:

@@ -118,11 +118,10 @@ def test_the_snrs_go_to_tensorboard_one_curve_per_estimator(tmp_path):
 
 def test_training_mode_trains_each_estimator_and_reports_its_bounds(data_dir, tmp_path, capsys):
     out = tmp_path / "study"
-    status, err = call(compare_cli.main, ["--train", "--estimators", "trace:1,miwae:2x2", "--epochs", "1",
-                                          "--train-size", "200", "--hidden-dims", "16", "--latent-dim", "2",
-                                          "--binarize", "dynamic", "--eval-samples", "10", "--iwae-k", "5",
-                                          "--eval-limit", "30",
-                                          "--data-dir", str(data_dir), "--out", str(out), "--no-progress"], capsys)
+    argv = ["--train", "--estimators", "trace:1,miwae:2x2", "--epochs", "1", "--train-size", "200",
+            "--hidden-dims", "16", "--latent-dim", "2", "--binarize", "dynamic", "--eval-samples", "10",
+            "--iwae-k", "5", "--eval-limit", "30", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]
+    status, err = call(compare_cli.main, argv, capsys)
     assert status == 0, err
     rows = json.loads((out / "comparison.json").read_text())["estimators"]
     assert [(r["estimator"], r["estimates"], r["particles"], r["epochs"], r["eval_images"]) for r in rows] == [
@@ -141,4 +140,12 @@ def test_training_mode_trains_each_estimator_and_reports_its_bounds(data_dir, tm
     assert rows[1]["log_px_diff_stderr"] == pytest.approx(differences.std().item() / 30 ** 0.5, rel=1e-6)
     table = (out / "comparison.md").read_text()
     assert "IWAE_5" in table and "on 30 test images" in table and f"{rows[1]['log_px_diff']:+.2f}" in table
+    # run again: both runs are reused (no training, no scoring), the table is the same; with
+    # another K, they are scored again
+    compare_cli.main(argv)
+    assert capsys.readouterr().out.count("trained and scored, reused") == 2
+    assert json.loads((out / "comparison.json").read_text())["estimators"] == rows
+    compare_cli.main([a if a != "10" else "12" for a in argv])
+    assert "reused" not in capsys.readouterr().out
+    assert "K=12" in (out / "comparison.md").read_text()
     assert (out / "learning_curves.png").exists() and (out / "miwae-2x2-epochs" / "checkpoint.pt").exists()
