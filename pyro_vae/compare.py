@@ -267,8 +267,8 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
                 f"{spec.name}-{spec.particles}-{budget}"
             config = dataclasses.replace(base, **limits, **spec.train_settings(), run_dir=str(out / tag))
             # an interrupted comparison goes on: a run trained and scored with these settings is
-            # reused, an unfinished one resumed
-            settings = {"config": config.to_dict(), "iwae_k": iwae_k, "eval_limit": eval_limit}
+            # reused (wherever the comparison's folder has moved), an unfinished one resumed
+            settings = {"config": {**config.to_dict(), "run_dir": tag}, "iwae_k": iwae_k, "eval_limit": eval_limit}
             done = out / tag / FINISHED_FILE
             if done.is_file() and json.loads(done.read_text())["settings"] == settings:
                 print(f"--- {spec.label}, budget: {budget}: trained and scored, reused")

@@ -142,10 +142,13 @@ def test_training_mode_trains_each_estimator_and_reports_its_bounds(data_dir, tm
     assert "IWAE_5" in table and "on 30 test images" in table and f"{rows[1]['log_px_diff']:+.2f}" in table
     # run again: both runs are reused (no training, no scoring), the table is the same; with
     # another K, they are scored again
-    compare_cli.main(argv)
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    compare_cli.main([a if a != str(out) else str(moved) for a in argv])
     assert capsys.readouterr().out.count("trained and scored, reused") == 2
-    assert json.loads((out / "comparison.json").read_text())["estimators"] == rows
-    compare_cli.main([a if a != "10" else "12" for a in argv])
+    assert json.loads((moved / "comparison.json").read_text())["estimators"] == rows
+    out = moved
+    compare_cli.main([{"10": "12", str(tmp_path / "study"): str(out)}.get(a, a) for a in argv])
     assert "reused" not in capsys.readouterr().out
     assert "K=12" in (out / "comparison.md").read_text()
     assert (out / "learning_curves.png").exists() and (out / "miwae-2x2-epochs" / "checkpoint.pt").exists()
