@@ -312,17 +312,37 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
         bounds = " | ".join("n/a" if r[key] is None else f"{r[key]:.2f}" for key in ("iwae", "elbo"))
         lines.append(f"| {r['label']} | {r['budget']} | {r['epochs']} | {r['train_seconds']:.0f} | "
                      f"{r['final_test_elbo']:.2f} | {lp} | {diff} | {bounds} |")
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
+    scored = [budget for budget, _ in budgets if any(r.get("log_px_diff") is not None and r["budget"] == budget
+                                                     for r in results)]
+    panels = len(budgets) + len(scored)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (budget, _) in zip(axes[0], budgets):
-        for r in (r for r in results if r["budget"] == budget):
+        mine = [r for r in results if r["budget"] == budget]
+        for i, r in enumerate(mine):
             xs = ([row["images_seen"] for row in r["history"]] if budget == "epochs"
                   else list(itertools.accumulate(row["epoch_seconds"] for row in r["history"])))
-            ax.plot(xs, [row["test_elbo"] for row in r["history"]], marker="o", markersize=3, label=r["label"])
+            ax.plot(xs, [row["test_elbo"] for row in r["history"]], marker="o", markersize=2,
+                    color=colors[i % len(colors)], linestyle="-" if i < len(colors) else "--", label=r["label"])
+        # the first tenth of training (hundreds of nats below) would flatten the rest
+        late = [row["test_elbo"] for r in mine for row in r["history"][len(r["history"]) // 10:]]
+        if late:
+            ax.set_ylim(min(late) - 1, max(late) + 1)
         ax.set_xlabel("training images seen" if budget == "epochs" else "training seconds")
-        ax.set_ylabel("test ELBO (nats/image)")
+        ax.set_ylabel("test ELBO, 1 sample (nats/image)")
         ax.set_title(f"same {budget} budget", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    for ax, budget in zip(axes[0][len(budgets):], scored):
+        mine = [r for r in results if r["budget"] == budget and r.get("log_px_diff") is not None]
+        ys = range(len(mine))[::-1]
+        ax.errorbar([r["log_px_diff"] for r in mine], ys, xerr=[2 * r["log_px_diff_stderr"] for r in mine],
+                    fmt="o", capsize=3)
+        ax.set_yticks(list(ys), [r["label"] for r in mine], fontsize=8)
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel(f"IS log p(x) minus {mine[0]['label']}'s, paired over test images (nats; ± 2 s.e.)")
+        ax.set_title(f"final log p(x), same {budget} budget", fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
     save_figure(fig, out / "learning_curves.png")
     table = "\n".join(lines)
     (out / "comparison.md").write_text(f"# Estimators trained under the same budget\n\n{table}\n\n"
