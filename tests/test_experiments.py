@@ -167,3 +167,26 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     assert figure.stat().st_size > 1000
     with pytest.raises(UsageError, match="no learning_curve.csv"):
         experiments.main(["paper-figure", str(tmp_path), "--out", str(figure)])
+
+
+def test_paper_recipe_trains_dreg_on_the_two_layer_net(tmp_path, data_dir, monkeypatch, capsys):
+    """The rows of Burda et al.'s Table 1 beyond the one-layer VAE and IWAE: its own run name and
+    net, the figure's reference from their table, and no continuing it as another net."""
+    import json
+
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    experiments.main(["paper", "--model", "burda2", "--elbo", "dreg", "--num-particles", "2", "--epochs", "1",
+                      "--train-size", "100", "--eval-samples", "2", "--curve-samples", "2", "--out", str(tmp_path),
+                      "--no-progress"])
+    run_dir = tmp_path / "paper-burda2-dreg-k2-1ep"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["model"], config["elbo"], config["num_particles"]) == ("burda2", "dreg", 2)
+    assert "z2" in str(runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys())  # the two-layer net
+    with pytest.raises(UsageError, match="a run of --model burda2, not vae"):
+        experiments.main(["paper", "--elbo", "dreg", "--num-particles", "2", "--epochs", "2", "--out",
+                          str(tmp_path / "x"), "--continue-from", str(run_dir)])
+    with pytest.raises(UsageError, match="trains trace, iwae, dreg"):
+        experiments.main(["paper", "--elbo", "renyi", "--out", str(tmp_path)])
+    figure = tmp_path / "curve.png"
+    experiments.main(["paper-figure", str(run_dir), "--out", str(figure)])
+    assert figure.stat().st_size > 1000

@@ -25,7 +25,8 @@ from typing import Sequence
 
 from ..recipes.latent_sweep import DEFAULT_LATENT_DIMS, latent_sweep
 from ..recipes.manifold import manifold
-from ..recipes.paper import PAPER_BATCH_SIZE, learning_curve, paper, plot_paper_curve
+from ..model import MODELS
+from ..recipes.paper import PAPER_BATCH_SIZE, PAPER_OBJECTIVES, learning_curve, paper, plot_paper_curve
 from . import ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_int, run_main
 
 
@@ -71,7 +72,10 @@ def build_parser() -> ArgumentParser:
                        help="K of the IS log p(x) of each model (default 100; 0 skips)")
     paper_parser = sub.add_parser("paper", help="Burda et al.'s MNIST benchmark recipe (784-200-200-50)")
     common(paper_parser, 3280, training=False)
-    paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE) or iwae (default trace)")
+    paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE), iwae, or dreg (IWAE's bound "
+                              "with doubly reparameterized gradients) (default trace)")
+    paper_parser.add_argument("--model", default="vae", choices=MODELS,
+                              help="vae: 784-200-200-50; burda2: Burda et al.'s two stochastic layers (default vae)")
     paper_parser.add_argument("--num-particles", type=positive_int, default=1, help="L, or k for iwae (1)")
     paper_parser.add_argument("--batch-size", type=positive_int, default=PAPER_BATCH_SIZE,
                               help=f"(default {PAPER_BATCH_SIZE}; Burda used 20)")
@@ -125,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "manifold":
         manifold(args)
     elif args.command == "paper":
-        if args.elbo not in ("trace", "iwae"):
-            raise UsageError(f"--elbo {args.elbo!r}: the paper recipe trains trace or iwae")
+        if args.elbo not in PAPER_OBJECTIVES:
+            raise UsageError(f"--elbo {args.elbo!r}: the paper recipe trains {', '.join(PAPER_OBJECTIVES)}")
         paper(args)
     elif args.command == "paper-figure":
         from .. import runs

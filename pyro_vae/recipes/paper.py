@@ -17,10 +17,12 @@ from ..objectives import objective_label
 
 PAPER_BATCH_SIZE = 100  # a paper run at another batch size says so in its name
 PAPER_HIDDEN_DIMS, PAPER_LATENT_DIM = (200, 200), 50  # Burda et al.'s 784-200-200-50
+PAPER_OBJECTIVES = ("trace", "iwae", "dreg")  # the VAE, IWAE, and IWAE trained by DReG
 
 
 def paper(args) -> None:
-    """Burda et al.'s benchmark recipe: 784-200-200-50, dynamically binarized MNIST, all 60,000
+    """Burda et al.'s benchmark recipe: 784-200-200-50 (``--model burda2``: their two stochastic
+    layers), trained by the ELBO, IWAE or DReG, on dynamically binarized MNIST, all 60,000
     training images (no validation split), Adam (0.9, 0.999, eps 1e-4), 3^i epochs at
     1e-3 x 10^(-i/7), i = 0..7 (3,280 epochs; with --epochs N every stage is scaled by N/3280),
     then IS log p(x) with K = 5000. Weights are kept at the stage ends and at 1, 2, 5, 10, 20, ...
@@ -31,7 +33,8 @@ def paper(args) -> None:
     from ..cli import train_config
     from ..trainer import RESUMABLE_SETTINGS
 
-    name = f"paper-{args.elbo}-{'k' if args.elbo == 'iwae' else 'L'}{args.num_particles}"
+    net = "burda2-" if args.model == "burda2" else ""  # the one-layer net's runs keep their names
+    name = f"paper-{net}{args.elbo}-{'L' if args.elbo == 'trace' else 'k'}{args.num_particles}"
     if args.schedule_epochs and args.schedule_epochs >= args.epochs:
         raise UsageError(f"--schedule-epochs {args.schedule_epochs} must be fewer than --epochs {args.epochs}")
     if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
@@ -40,7 +43,8 @@ def paper(args) -> None:
     name += f"-b{args.batch_size}" if args.batch_size != PAPER_BATCH_SIZE else ""
     name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
     run_dir = Path(args.out) / name
-    config = train_config(args, dataset="mnist", binarize="dynamic", valid_size=0, latent_dim=PAPER_LATENT_DIM,
+    config = train_config(args, model=args.model, dataset="mnist", binarize="dynamic", valid_size=0,
+                          latent_dim=PAPER_LATENT_DIM,
                           hidden_dims=PAPER_HIDDEN_DIMS, vectorize_particles=args.num_particles > 1,
                           ema_decay=args.ema_decay, adam_eps=1e-4, optimizer="adam", run_dir=str(run_dir),
                           snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
@@ -51,7 +55,7 @@ def paper(args) -> None:
         may_change |= {"schedule_epochs", "lr_schedule", "batch_size", "ema_decay"}
     with runs.claim_run_dir(run_dir):
         if args.continue_from:
-            copy_run_to_continue(Path(args.continue_from), run_dir, args.epochs)
+            copy_run_to_continue(Path(args.continue_from), run_dir, args.epochs, args.model)
         resume = (run_dir / runs.CHECKPOINT_FILE).exists()
         print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
               f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
@@ -60,9 +64,9 @@ def paper(args) -> None:
             learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
 
 
-def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
-    """Start ``run_dir`` as a copy of the paper run ``source`` (its checkpoint, with Adam's state,
-    the RNG states and any weight average; config, metrics, learning curve and snapshots), so that
+def copy_run_to_continue(source: Path, run_dir: Path, epochs: int, model: str = "vae") -> None:
+    """Start ``run_dir`` as a copy of the paper run ``source`` of the net ``model`` (its checkpoint,
+    with Adam's state, the RNG states and any weight average; config, metrics, learning curve and snapshots), so that
     resuming it trains on from there. A run_dir that already holds a run is left as it is (an
     interrupted continuation resumes). The caller holds run_dir; the copy is staged inside it."""
     from .. import runs
@@ -82,6 +86,9 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
     if not isinstance(source_config, dict) or source_config.get("hidden_dims") != list(PAPER_HIDDEN_DIMS) \
             or source_config.get("latent_dim") != PAPER_LATENT_DIM:
         raise UsageError(f"--continue-from {source}: not a paper run (784-200-200-50 with its {runs.CONFIG_FILE})")
+    if source_config.get("model", "vae") != model:
+        raise UsageError(f"--continue-from {source}: a run of --model {source_config.get('model', 'vae')}, "
+                         f"not {model}")
     trained = runs.load_checkpoint(source / runs.CHECKPOINT_FILE)["epoch"]
     if trained >= epochs:
         raise UsageError(f"--continue-from {source}: it has trained {trained} epochs; "
@@ -105,7 +112,8 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int) -> None:
 
 
 # Burda et al. 2016, Table 1: test NLL (nats, k = 5000) of 784-200-200-50 trained 3,280 epochs
-BURDA_NLL = {("trace", 1): 86.76, ("iwae", 5): 85.54}
+BURDA_NLL = {("vae", "trace", 1): 86.76, ("vae", "iwae", 5): 85.54, ("vae", "iwae", 50): 84.78,
+             ("burda2", "trace", 1): 85.33, ("burda2", "iwae", 50): 82.90}  # their Table 1
 
 
 def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
@@ -184,7 +192,8 @@ def plot_paper_curve(run_dirs: Sequence[Path], path: Path) -> Path:
                         label=f"{name}: final test NLL, IS K={num_samples}")
         lows.append(min(r["test_nll"] for r in rows))
         highs.append(max(r["test_nll"] for r in rows))
-        reference = BURDA_NLL.get((config["elbo"], config["num_particles"]))
+        reference = BURDA_NLL.get((config.get("model", "vae"), "iwae" if config["elbo"] == "dreg" else config["elbo"],
+                                   config["num_particles"]))
         if reference is not None:
             references[reference] = f"Burda et al., {objective} (3,280 epochs): {reference}"
     for style, (reference, label) in zip(("--", ":"), sorted(references.items(), reverse=True)):
