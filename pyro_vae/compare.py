@@ -253,7 +253,6 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
 
     from . import runs
     from .data import load_dataset
-    from .plots import plt, save_figure
     from .train import train_and_report
 
     data = load_dataset(base.dataset, base.binarize, base.data_dir, device, base.train_size, base.valid_size)
@@ -296,6 +295,16 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
         paired_differences([r for r in results if r["budget"] == budget])
     for r in results:
         del r["log_px_per_image"]  # in each run's eval report; the comparison keeps the differences
+    write_training_comparison(results, [budget for budget, _ in budgets], out, base, wall_seconds, iwae_k,
+                              eval_limit)
+
+
+def write_training_comparison(results: list[dict], budgets: list[str], out: Path, base, wall_seconds: float | None,
+                              iwae_k: int, eval_limit: int | None) -> None:
+    """comparison.json, comparison.md (the table) and learning_curves.png of a training comparison."""
+    from . import runs
+    from .plots import plt, save_figure
+
     runs.write_json(out / "comparison.json", {"settings": {**base.to_dict(), "mode": "train", "epochs": base.epochs,
                                                            "wall_seconds": wall_seconds, "iwae_k": iwae_k,
                                                            "eval_limit": eval_limit},
@@ -312,12 +321,12 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
         bounds = " | ".join("n/a" if r[key] is None else f"{r[key]:.2f}" for key in ("iwae", "elbo"))
         lines.append(f"| {r['label']} | {r['budget']} | {r['epochs']} | {r['train_seconds']:.0f} | "
                      f"{r['final_test_elbo']:.2f} | {lp} | {diff} | {bounds} |")
-    scored = [budget for budget, _ in budgets if any(r.get("log_px_diff") is not None and r["budget"] == budget
-                                                     for r in results)]
+    scored = [budget for budget in budgets
+              if any(r.get("log_px_diff") is not None and r["budget"] == budget for r in results)]
     panels = len(budgets) + len(scored)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (budget, _) in zip(axes[0], budgets):
+    for ax, budget in zip(axes[0], budgets):
         mine = [r for r in results if r["budget"] == budget]
         for i, r in enumerate(mine):
             xs = ([row["images_seen"] for row in r["history"]] if budget == "epochs"
