@@ -278,13 +278,13 @@ def test_latent_sweep_refuses_a_changed_setting_of_an_earlier_run(tmp_path, data
     sweep = ["latent-sweep", "--latent-dims", "2", "--epochs", "1", "--train-size", "200", "--hidden-dims", "16",
              "--eval-samples", "0", "--no-progress", "--out", str(tmp_path)]
     assert call(experiments.main, sweep, capsys)[0] == 0
-    status, err = call(experiments.main, [*sweep, "--optimizer", "adagrad", *MISSING_DATA], capsys)
-    assert status == 2 and "optimizer = adam, not adagrad" in err, err
+    status, err = call(experiments.main, [*sweep, "--lr", "0.005", *MISSING_DATA], capsys)  # before the data
+    assert status == 2 and "lr = (default), not 0.005" in err, err
     status, err = call(experiments.main, [*sweep[:-1], str(tmp_path), "--dataset", "fashion"], capsys)
     assert status == 2 and "--dataset" in err, err
     # the earlier run is intact and still extends with more epochs
     assert call(experiments.main, [*sweep[:4], "2", *sweep[5:]], capsys)[0] == 0
-    assert load_checkpoint(tmp_path / "latent-sweep" / "J2" / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "latent-sweep" / "J2-adam" / "checkpoint.pt")["epoch"] == 2
 
 
 def test_an_exported_run_loads_and_scores_as_the_run_and_cannot_be_resumed(tiny_run, tmp_path, capsys):
