@@ -269,9 +269,10 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
             # reused (wherever the comparison's folder has moved), an unfinished one resumed
             settings = {"config": {**config.to_dict(), "run_dir": tag}, "iwae_k": iwae_k, "eval_limit": eval_limit}
             done = out / tag / FINISHED_FILE
-            if done.is_file() and json.loads(done.read_text())["settings"] == settings:
+            finished = json.loads(done.read_text()) if done.is_file() else {}
+            if finished.get("settings") == settings:
                 print(f"--- {spec.label}, budget: {budget}: trained and scored, reused")
-                results.append(json.loads(done.read_text())["result"])
+                results.append(finished["result"])
                 continue
             resume = (out / tag / runs.CHECKPOINT_FILE).exists()
             print(f"--- {spec.label}, budget: {budget}")

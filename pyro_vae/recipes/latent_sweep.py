@@ -54,21 +54,18 @@ def sweep_results(out: Path, eval_samples: int, device: str) -> list[dict]:
     optimiser and J: its last epoch's train and test ELBO, their gap (train - test: the
     overfitting measure), and its test log p(x) at ``eval_samples`` (NaN where not scored)."""
     from .. import runs
-    from ..trainer import DEFAULT_LR
 
     results = []
     for run_dir in out.glob("J*-*"):
-        if not (run_dir / runs.METRICS_FILE).is_file():
+        history = runs.read_metrics(run_dir / runs.METRICS_FILE) if (run_dir / runs.METRICS_FILE).is_file() else []
+        if not history:
             continue
-        history = runs.read_metrics(run_dir / runs.METRICS_FILE)
         config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
         score = score_path_for(run_dir, eval_samples, device)
         summary = json.loads(score.read_text())["summary"] if eval_samples and score.is_file() else {}
-        if not history:
-            continue
         last = history[-1]
         results.append({"latent_dim": config["latent_dim"], "optimizer": config["optimizer"],
-                        "lr": config["lr"] if config["lr"] is not None else DEFAULT_LR[config["optimizer"]],
+                        "lr": last["lr"],  # the rate the last epoch trained at, as metrics.csv records it
                         "epochs": last["epoch"], "images_seen": last["images_seen"],
                         "train_elbo": last["train_elbo"], "test_elbo": last["test_elbo"],
                         "gap": last["train_elbo"] - last["test_elbo"],
