@@ -33,7 +33,7 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
     monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
     first = sweep(tmp_path, 1, capsys)
     assert "J=2: training" in first and "J=3: training" in first
-    out = tmp_path / "latent-sweep"
+    out = tmp_path / "latent_sweep"
     for name in ("latent_sweep.csv", "latent_sweep.md", "latent_sweep_curves.png", "latent_sweep_summary.png"):
         assert (out / name).stat().st_size > 0
     again = sweep(tmp_path, 1, capsys)
@@ -48,7 +48,7 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
                       "--no-progress"])
     with open(out / "latent_sweep.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["latent_dim"], r["optimizer"], r["lr"], r["epochs"], r["images_seen"]) for r in rows] == [
+    assert [(r["J"], r["optimizer"], r["lr"], r["epochs"], r["images_seen"]) for r in rows] == [
         ("3", "adagrad", "0.02", "1", "300"), ("2", "adam", "0.001", "2", "600"), ("3", "adam", "0.001", "2", "600")]
     for r in rows:
         assert float(r["gap"]) == pytest.approx(float(r["train_elbo"]) - float(r["test_elbo"]))

@@ -284,7 +284,7 @@ def test_latent_sweep_refuses_a_changed_setting_of_an_earlier_run(tmp_path, data
     assert status == 2 and "--dataset" in err, err
     # the earlier run is intact and still extends with more epochs
     assert call(experiments.main, [*sweep[:4], "2", *sweep[5:]], capsys)[0] == 0
-    assert load_checkpoint(tmp_path / "latent-sweep" / "J2-adam" / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "latent_sweep" / "J2-adam" / "checkpoint.pt")["epoch"] == 2
 
 
 def test_an_exported_run_loads_and_scores_as_the_run_and_cannot_be_resumed(tiny_run, tmp_path, capsys):

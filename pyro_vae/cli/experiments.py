@@ -124,7 +124,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "latent-sweep":
-        args.out = str(Path(args.out) / "latent-sweep")
+        args.out = str(Path(args.out) / "latent_sweep")
         latent_sweep(args)
     elif args.command == "manifold":
         manifold(args)

@@ -64,14 +64,14 @@ def sweep_results(out: Path, eval_samples: int, device: str) -> list[dict]:
         score = score_path_for(run_dir, eval_samples, device)
         summary = json.loads(score.read_text())["summary"] if eval_samples and score.is_file() else {}
         last = history[-1]
-        results.append({"latent_dim": config["latent_dim"], "optimizer": config["optimizer"],
+        results.append({"J": config["latent_dim"], "optimizer": config["optimizer"],
                         "lr": last["lr"],  # the rate the last epoch trained at, as metrics.csv records it
                         "epochs": last["epoch"], "images_seen": last["images_seen"],
                         "train_elbo": last["train_elbo"], "test_elbo": last["test_elbo"],
                         "gap": last["train_elbo"] - last["test_elbo"],
                         "log_px": summary.get("log_px_mean", math.nan),
                         "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
-    return sorted(results, key=lambda r: (r["optimizer"], r["latent_dim"]))
+    return sorted(results, key=lambda r: (r["optimizer"], r["J"]))
 
 
 def overtaken_from(larger: list[dict], smaller: list[dict]) -> int | None:
@@ -92,7 +92,7 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
     """latent_sweep.csv and .md (one row per J and optimiser) and the two figures."""
     from ..plots import plt, save_figure
 
-    fields = ["latent_dim", "optimizer", "lr", "epochs", "images_seen", "train_elbo", "test_elbo", "gap",
+    fields = ["J", "optimizer", "lr", "epochs", "images_seen", "train_elbo", "test_elbo", "gap",
               "log_px", "log_px_stderr"]
     with open(out / "latent_sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -102,7 +102,7 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
              f"IS log p(x), K={eval_samples} |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['latent_dim']} | {r['optimizer']} {r['lr']:g} | {r['epochs']} | {r['images_seen']:.3g} | "
+        lines.append(f"| {r['J']} | {r['optimizer']} {r['lr']:g} | {r['epochs']} | {r['images_seen']:.3g} | "
                      f"{r['train_elbo']:.2f} | {r['test_elbo']:.2f} | {r['gap']:+.2f} | "
                      f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} |")
     lines += ["", "Train ELBO: the running mean over the last epoch's minibatches; test ELBO: one sample "
@@ -114,16 +114,16 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
         for r in mine[:-1]:
             since = overtaken_from(largest["history"], r["history"])
             verdict = f"from {since:,} images seen on" if since is not None else "not at the end"
-            lines.append(f"- {optimizer}: J = {largest['latent_dim']}'s test ELBO above J = {r['latent_dim']}'s: "
+            lines.append(f"- {optimizer}: J = {largest['J']}'s test ELBO above J = {r['J']}'s: "
                          f"{verdict}")
     (out / "latent_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    dims = sorted({r["latent_dim"] for r in results})
+    dims = sorted({r["J"] for r in results})
     fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims), 3.4), sharey=True, squeeze=False)
     colors = dict(zip(optimizers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, latent_dim in zip(axes[0], dims):
-        for r in (r for r in results if r["latent_dim"] == latent_dim):
+        for r in (r for r in results if r["J"] == latent_dim):
             seen = [row["images_seen"] for row in r["history"]]
             ax.plot(seen, [row["train_elbo"] for row in r["history"]], color=colors[r["optimizer"]],
                     label=f"{r['optimizer']} train")
@@ -140,7 +140,7 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for optimizer in optimizers:
         mine = [r for r in results if r["optimizer"] == optimizer]
-        xs = [r["latent_dim"] for r in mine]
+        xs = [r["J"] for r in mine]
         ax.plot(xs, [r["test_elbo"] for r in mine], marker="o", color=colors[optimizer],
                 label=f"{optimizer}: test ELBO")
         if eval_samples:
