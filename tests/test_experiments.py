@@ -45,7 +45,9 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
     # Adagrad beside Adam in the same folder: one table of both
     experiments.main(["latent-sweep", "--latent-dims", "3", "--optimizer", "adagrad", "--lr", "0.02", "--epochs", "1",
                       "--train-size", "300", "--hidden-dims", "32", "--eval-samples", "3", "--out", str(tmp_path),
-                      "--no-progress"])
+                      "--no-progress", "--figure-dir", str(tmp_path / "figures")])
+    for name in ("latent_sweep_curves.png", "latent_sweep_summary.png"):
+        assert (tmp_path / "figures" / name).read_bytes() == (out / name).read_bytes()
     with open(out / "latent_sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["J"], r["optimizer"], r["lr"], r["epochs"], r["images_seen"]) for r in rows] == [

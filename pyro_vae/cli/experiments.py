@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..recipes.latent_sweep import DEFAULT_LATENT_DIMS, latent_sweep
+from ..recipes.latent_sweep import DEFAULT_LATENT_DIMS, SWEEP_FIGURES, latent_sweep
 from ..recipes.manifold import manifold
 from ..model import MODELS
 from ..recipes.paper import PAPER_BATCH_SIZE, PAPER_OBJECTIVES, learning_curve, paper, plot_paper_curve
@@ -70,6 +70,7 @@ def build_parser() -> ArgumentParser:
     sweep.add_argument("--lr", type=float)
     sweep.add_argument("--eval-samples", type=non_negative_int, default=100,
                        help="K of the IS log p(x) of each model (default 100; 0 skips)")
+    sweep.add_argument("--figure-dir", help="also write the sweep's two figures into this folder (docs/figures)")
     paper_parser = sub.add_parser("paper", help="Burda et al.'s MNIST benchmark recipe (784-200-200-50)")
     common(paper_parser, 3280, training=False)
     paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE), iwae, or dreg (IWAE's bound "
@@ -125,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "latent-sweep":
         args.out = str(Path(args.out) / "latent_sweep")
+        if args.figure_dir:
+            from .. import runs
+
+            for name in SWEEP_FIGURES:
+                runs.check_writable_file(Path(args.figure_dir) / name)
         latent_sweep(args)
     elif args.command == "manifold":
         manifold(args)

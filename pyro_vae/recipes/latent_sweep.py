@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 from . import existing_run, score_path_for
 
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
+SWEEP_FIGURES = ("latent_sweep_curves.png", "latent_sweep_summary.png")
 
 
 def run_name(latent_dim: int, optimizer: str) -> str:
@@ -46,7 +48,7 @@ def latent_sweep(args) -> None:
             else:
                 print(f"J={latent_dim}: {'resuming' if state else 'training'} in {run_dir}")
                 train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
-        write_sweep(sweep_results(out, args.eval_samples, args.device), out, args.eval_samples)
+        write_sweep(sweep_results(out, args.eval_samples, args.device), out, args.eval_samples, args.figure_dir)
 
 
 def sweep_results(out: Path, eval_samples: int, device: str) -> list[dict]:
@@ -88,8 +90,9 @@ def overtaken_from(larger: list[dict], smaller: list[dict]) -> int | None:
     return since
 
 
-def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
-    """latent_sweep.csv and .md (one row per J and optimiser) and the two figures."""
+def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: str | None = None) -> None:
+    """latent_sweep.csv and .md (one row per J and optimiser) and the two figures, which also go
+    to ``figure_dir`` if given."""
     from ..plots import plt, save_figure
 
     fields = ["J", "optimizer", "lr", "epochs", "images_seen", "train_elbo", "test_elbo", "gap",
@@ -135,7 +138,7 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")
     axes[0][0].legend(fontsize=8)
-    save_figure(fig, out / "latent_sweep_curves.png", dpi=90)
+    save_figure(fig, out / SWEEP_FIGURES[0], dpi=90)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for optimizer in optimizers:
@@ -154,5 +157,8 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int) -> None:
     ax.set_ylabel("nats per test image")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    save_figure(fig, out / "latent_sweep_summary.png", dpi=90)
-    print(f"wrote {out}/latent_sweep.csv, latent_sweep.md, latent_sweep_curves.png, latent_sweep_summary.png")
+    save_figure(fig, out / SWEEP_FIGURES[1], dpi=90)
+    for name in SWEEP_FIGURES if figure_dir else ():
+        shutil.copyfile(out / name, Path(figure_dir) / name)
+    print(f"wrote {out}/latent_sweep.csv, latent_sweep.md, {', '.join(SWEEP_FIGURES)}"
+          + (f"; the figures also in {figure_dir}" if figure_dir else ""))
