@@ -79,6 +79,9 @@ def test_manifold_and_figures_write_pngs(tmp_path, data_dir, monkeypatch, capsys
     experiments.main(["figures", str(run)])
     for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
         assert (run / name).stat().st_size > 1000
+    experiments.main(["figures", str(run), "--out", str(tmp_path / "figures")])
+    for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 1000
 
 
 def test_draw_manifold_with_class_names(tmp_path):

@@ -36,10 +36,11 @@ def figures(args) -> None:
     from ..trainer import resolve_device
 
     run_dir = Path(args.run_dir)
-    with runs.claim_run_dir(run_dir):
+    out = Path(args.out) if args.out else run_dir
+    with runs.claim_run_dir(out):
         vae, config, data = runs.load_run_and_data(run_dir, resolve_device(args.device), args.data_dir)
         history = runs.read_metrics(run_dir / runs.METRICS_FILE)
-        paths = draw_run_figures(vae, history, data.test.images, run_dir, run_title(config))
+        paths = draw_run_figures(vae, history, data.test.images, out, run_title(config))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -119,6 +120,7 @@ def build_parser() -> ArgumentParser:
     figures_parser.add_argument("run_dir")
     figures_parser.add_argument("--data-dir")
     figures_parser.add_argument("--device", default="auto")
+    figures_parser.add_argument("--out", help="the folder to write them into (default: the run's own)")
     return p
 
 
