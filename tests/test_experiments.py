@@ -7,7 +7,7 @@ import torch
 
 from pyro_vae import runs
 from pyro_vae.cli import experiments
-from pyro_vae.recipes.latent_sweep import overtaken_from
+from pyro_vae.recipes.latent_sweep import active_units, overtaken_from
 from pyro_vae.recipes.manifold import draw_manifold, latent_grid
 from pyro_vae.cli import UsageError
 from pyro_vae.model import VAE
@@ -54,7 +54,20 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
         ("3", "adagrad", "0.02", "1", "300"), ("2", "adam", "0.001", "2", "600"), ("3", "adam", "0.001", "2", "600")]
     for r in rows:
         assert float(r["gap"]) == pytest.approx(float(r["train_elbo"]) - float(r["test_elbo"]))
+        assert 0 <= int(r["active_units"]) <= int(r["J"])
         assert float(r["log_px"]) > -1000
+
+
+def test_active_units_counts_the_latent_dimensions_whose_mean_moves_with_the_data():
+    vae = VAE(latent_dim=4, hidden_dims=(8,))
+    with torch.no_grad():
+        vae.encoder.loc.weight.zero_()
+        vae.encoder.loc.bias.fill_(0.3)  # a constant mean: switched off, however far from 0
+        vae.encoder.loc.weight[1].fill_(1.0)
+        vae.encoder.loc.weight[3].fill_(0.01)  # moves, but by less than Burda et al.'s 10^-2 variance
+    images = torch.rand(500, 784)
+    assert active_units(vae, images) == 1
+    assert active_units(vae, images, threshold=0.0) == 2
 
 
 def test_overtaking_is_the_start_of_the_last_stretch_above():

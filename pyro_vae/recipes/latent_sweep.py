@@ -13,6 +13,8 @@ import math
 import shutil
 from pathlib import Path
 
+import torch
+
 from . import existing_run, score_path_for
 
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
@@ -48,14 +50,26 @@ def latent_sweep(args) -> None:
             else:
                 print(f"J={latent_dim}: {'resuming' if state else 'training'} in {run_dir}")
                 train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
-        write_sweep(sweep_results(out, args.eval_samples, args.device), out, args.eval_samples, args.figure_dir)
+        results = sweep_results(out, args.eval_samples, args.device, data.test.images)
+        write_sweep(results, out, args.eval_samples, args.figure_dir)
 
 
-def sweep_results(out: Path, eval_samples: int, device: str) -> list[dict]:
+def active_units(vae, images: torch.Tensor, threshold: float = 1e-2) -> int:
+    """Burda et al.'s count of the latent dimensions a model uses: those whose posterior mean
+    moves with the data, Var_x(E_q(z|x)[z_j]) > ``threshold`` (their 10^-2). A dimension the KL
+    term has switched off has q(z_j|x) = p(z_j) for every x, so its mean does not move."""
+    with torch.no_grad():
+        means = torch.cat([vae.encoder(batch)[0] for batch in images.split(1000)])
+    return int((means.var(0) > threshold).sum())
+
+
+def sweep_results(out: Path, eval_samples: int, device: str, test_images: torch.Tensor | None = None) -> list[dict]:
     """Every run in the sweep folder ``out`` (each J and optimiser trained there), ordered by
     optimiser and J: its last epoch's train and test ELBO, their gap (train - test: the
-    overfitting measure), and its test log p(x) at ``eval_samples`` (NaN where not scored)."""
+    overfitting measure), its test log p(x) at ``eval_samples`` (NaN where not scored) and, given
+    ``test_images``, its active units on them."""
     from .. import runs
+    from ..trainer import resolve_device
 
     results = []
     for run_dir in out.glob("J*-*"):
@@ -72,7 +86,9 @@ def sweep_results(out: Path, eval_samples: int, device: str) -> list[dict]:
                         "train_elbo": last["train_elbo"], "test_elbo": last["test_elbo"],
                         "gap": last["train_elbo"] - last["test_elbo"],
                         "log_px": summary.get("log_px_mean", math.nan),
-                        "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history})
+                        "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history,
+                        "active_units": (math.nan if test_images is None else
+                                         active_units(runs.load_run(run_dir, resolve_device(device)), test_images))})
     return sorted(results, key=lambda r: (r["optimizer"], r["J"]))
 
 
@@ -96,20 +112,21 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: s
     from ..plots import plt, save_figure
 
     fields = ["J", "optimizer", "lr", "epochs", "images_seen", "train_elbo", "test_elbo", "gap",
-              "log_px", "log_px_stderr"]
+              "log_px", "log_px_stderr", "active_units"]
     with open(out / "latent_sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results)
     lines = [f"| J | optimiser | epochs | images seen | train ELBO | test ELBO | train - test | "
-             f"IS log p(x), K={eval_samples} |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             f"IS log p(x), K={eval_samples} | active units |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['J']} | {r['optimizer']} {r['lr']:g} | {r['epochs']} | {r['images_seen']:.3g} | "
                      f"{r['train_elbo']:.2f} | {r['test_elbo']:.2f} | {r['gap']:+.2f} | "
-                     f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} |")
+                     f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} | {r['active_units']} |")
     lines += ["", "Train ELBO: the running mean over the last epoch's minibatches; test ELBO: one sample "
-              "per test image after it.", ""]
+              "per test image after it. Active units: latent dimensions whose posterior mean varies over the "
+              "test images by more than 0.01 (Burda et al.'s measure).", ""]
     optimizers = sorted({r["optimizer"] for r in results})
     for optimizer in optimizers:
         mine = [r for r in results if r["optimizer"] == optimizer]
