@@ -154,7 +154,9 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: s
         ax.set_xlabel("training images seen")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")
-    axes[0][0].legend(fontsize=8)
+    # one legend for all panels: every optimiser's lines, wherever they are drawn
+    labelled = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][0].legend(labelled.values(), labelled.keys(), fontsize=8)
     save_figure(fig, out / SWEEP_FIGURES[0], dpi=90)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
