@@ -48,6 +48,10 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
                       "--no-progress", "--figure-dir", str(tmp_path / "figures")])
     for name in ("latent_sweep_curves.png", "latent_sweep_summary.png"):
         assert (tmp_path / "figures" / name).read_bytes() == (out / name).read_bytes()
+    assert (out / "J3-adagrad-lr0.02").is_dir()  # a step size asked for is part of the run's name
+    table = (out / "latent_sweep.md").read_text()
+    assert "- adam 0.001: J = 3's test ELBO above J = 2's" in table
+    assert "- adagrad" not in table  # one J at that step size: nothing to compare
     with open(out / "latent_sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["J"], r["optimizer"], r["lr"], r["epochs"], r["images_seen"]) for r in rows] == [

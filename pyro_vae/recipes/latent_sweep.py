@@ -1,9 +1,10 @@
 """Kingma & Welling's latent-size experiment (their Figure 2): the seed model trained for each
 latent size J, train and test ELBO against training images seen, one panel per J, and the final
-test ELBO and IS log p(x) against J. Each J and optimiser is an ordinary run directory (J20-adam,
-J200-adagrad, ...): finished ones are skipped, interrupted ones resumed, earlier ones with other
-settings refused. The table and figures cover every run in the sweep's folder, so a sweep with
-Adam and one with Adagrad into the same folder end in one table."""
+test ELBO and IS log p(x) against J. Each J, optimiser and step size is an ordinary run
+directory (J20-adam, J200-adagrad-lr0.02, ...): finished ones are skipped, interrupted ones
+resumed, earlier ones with other settings refused. The table and figures cover every run in the
+sweep's folder, so sweeps with Adam and with Adagrad at two step sizes into one folder end in one
+table, where each optimiser and step size is compared across J."""
 
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
 SWEEP_FIGURES = ("latent_sweep_curves.png", "latent_sweep_summary.png")
 
 
-def run_name(latent_dim: int, optimizer: str) -> str:
-    """A sweep's run directory for one J and optimiser: J20-adam, J200-adagrad, ..."""
-    return f"J{latent_dim}-{optimizer}"
+def run_name(latent_dim: int, optimizer: str, lr: float | None = None) -> str:
+    """A sweep's run directory for one J, optimiser and step size asked for (none: the
+    optimiser's default): J20-adam, J200-adagrad-lr0.02, ..."""
+    return f"J{latent_dim}-{optimizer}" + (f"-lr{lr:g}" if lr is not None else "")
+
+
+def group(result: dict) -> str:
+    """The runs a sweep compares with each other: one optimiser at one step size."""
+    return f"{result['optimizer']} {result['lr']:g}"
 
 
 def latent_sweep(args) -> None:
@@ -36,7 +43,8 @@ def latent_sweep(args) -> None:
     out = Path(args.out)
     device = resolve_device(args.device)
     with runs.claim_run_dir(out):  # the sweep's table and figures; each J's run is claimed in turn
-        configs = [train_config(args, latent_dim=latent_dim, run_dir=str(out / run_name(latent_dim, args.optimizer)))
+        configs = [train_config(args, latent_dim=latent_dim,
+                                run_dir=str(out / run_name(latent_dim, args.optimizer, args.lr)))
                    for latent_dim in args.latent_dims]
         # every earlier run is checked against the settings asked for before any work
         found = [existing_run(Path(c.run_dir), c, RESUMABLE_SETTINGS) for c in configs]
@@ -64,9 +72,9 @@ def active_units(vae, images: torch.Tensor, threshold: float = 1e-2) -> int:
 
 
 def sweep_results(out: Path, eval_samples: int, device: str, test_images: torch.Tensor | None = None) -> list[dict]:
-    """Every run in the sweep folder ``out`` (each J and optimiser trained there), ordered by
-    optimiser and J: its last epoch's train and test ELBO, their gap (train - test: the
-    overfitting measure), its test log p(x) at ``eval_samples`` (NaN where not scored) and, given
+    """Every run in the sweep folder ``out`` (each J, optimiser and step size trained there),
+    ordered by optimiser, step size and J: its last epoch's train and test ELBO, their gap
+    (train - test: the overfitting measure), its test log p(x) at ``eval_samples`` (NaN where not scored) and, given
     ``test_images``, its active units on them."""
     from .. import runs
     from ..trainer import resolve_device
@@ -89,7 +97,7 @@ def sweep_results(out: Path, eval_samples: int, device: str, test_images: torch.
                         "log_px_stderr": summary.get("log_px_stderr", math.nan), "history": history,
                         "active_units": (math.nan if test_images is None else
                                          active_units(runs.load_run(run_dir, resolve_device(device)), test_images))})
-    return sorted(results, key=lambda r: (r["optimizer"], r["J"]))
+    return sorted(results, key=lambda r: (r["optimizer"], r["lr"], r["J"]))
 
 
 def overtaken_from(larger: list[dict], smaller: list[dict]) -> int | None:
@@ -107,7 +115,7 @@ def overtaken_from(larger: list[dict], smaller: list[dict]) -> int | None:
 
 
 def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: str | None = None) -> None:
-    """latent_sweep.csv and .md (one row per J and optimiser) and the two figures, which also go
+    """latent_sweep.csv and .md (one row per J, optimiser and step size) and the two figures, which also go
     to ``figure_dir`` if given."""
     from ..plots import plt, save_figure
 
@@ -121,54 +129,54 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: s
              f"IS log p(x), K={eval_samples} | active units |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['J']} | {r['optimizer']} {r['lr']:g} | {r['epochs']} | {r['images_seen']:.3g} | "
+        lines.append(f"| {r['J']} | {group(r)} | {r['epochs']} | {r['images_seen']:.3g} | "
                      f"{r['train_elbo']:.2f} | {r['test_elbo']:.2f} | {r['gap']:+.2f} | "
                      f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} | {r['active_units']} |")
     lines += ["", "Train ELBO: the running mean over the last epoch's minibatches; test ELBO: one sample "
               "per test image after it. Active units: latent dimensions whose posterior mean varies over the "
               "test images by more than 0.01 (Burda et al.'s measure).", ""]
-    optimizers = sorted({r["optimizer"] for r in results})
-    for optimizer in optimizers:
-        mine = [r for r in results if r["optimizer"] == optimizer]
+    groups = list(dict.fromkeys(group(r) for r in results))  # in the table's order
+    for name in groups:
+        mine = [r for r in results if group(r) == name]
         largest = mine[-1]
         for r in mine[:-1]:
             since = overtaken_from(largest["history"], r["history"])
             verdict = f"from {since:,} images seen on" if since is not None else "not at the end"
-            lines.append(f"- {optimizer}: J = {largest['J']}'s test ELBO above J = {r['J']}'s: "
+            lines.append(f"- {name}: J = {largest['J']}'s test ELBO above J = {r['J']}'s: "
                          f"{verdict}")
     (out / "latent_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
     dims = sorted({r["J"] for r in results})
     fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims), 3.4), sharey=True, squeeze=False)
-    colors = dict(zip(optimizers, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, latent_dim in zip(axes[0], dims):
         for r in (r for r in results if r["J"] == latent_dim):
             seen = [row["images_seen"] for row in r["history"]]
-            ax.plot(seen, [row["train_elbo"] for row in r["history"]], color=colors[r["optimizer"]],
-                    label=f"{r['optimizer']} train")
-            ax.plot(seen, [row["test_elbo"] for row in r["history"]], "--", color=colors[r["optimizer"]],
-                    label=f"{r['optimizer']} test")
+            ax.plot(seen, [row["train_elbo"] for row in r["history"]], color=colors[group(r)],
+                    label=f"{group(r)} train")
+            ax.plot(seen, [row["test_elbo"] for row in r["history"]], "--", color=colors[group(r)],
+                    label=f"{group(r)} test")
         ax.set_xscale("log")
         ax.set_title(f"J = {latent_dim}", fontsize=10)
         ax.set_xlabel("training images seen")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")
-    # one legend for all panels: every optimiser's lines, wherever they are drawn
+    # one legend for all panels: every group's lines, wherever they are drawn
     labelled = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}
     axes[0][0].legend(labelled.values(), labelled.keys(), fontsize=8)
     save_figure(fig, out / SWEEP_FIGURES[0], dpi=90)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for optimizer in optimizers:
-        mine = [r for r in results if r["optimizer"] == optimizer]
+    for name in groups:
+        mine = [r for r in results if group(r) == name]
         xs = [r["J"] for r in mine]
-        ax.plot(xs, [r["test_elbo"] for r in mine], marker="o", color=colors[optimizer],
-                label=f"{optimizer}: test ELBO")
+        ax.plot(xs, [r["test_elbo"] for r in mine], marker="o", color=colors[name],
+                label=f"{name}: test ELBO")
         if eval_samples:
             ax.errorbar(xs, [r["log_px"] for r in mine], yerr=[r["log_px_stderr"] for r in mine], marker="s",
-                        linestyle="--", capsize=3, color=colors[optimizer],
-                        label=f"{optimizer}: log p(x), K={eval_samples}")
+                        linestyle="--", capsize=3, color=colors[name],
+                        label=f"{name}: log p(x), K={eval_samples}")
     ax.set_xscale("log")
     ax.set_xticks(dims)
     ax.set_xticklabels([str(d) for d in dims])
