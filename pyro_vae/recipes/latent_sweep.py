@@ -162,6 +162,10 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: s
         ax.set_xlabel("training images seen")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("ELBO (nats per image)")
+    # from the second epoch on: a first epoch far below (Adagrad's) would flatten every curve
+    later = [row[key] for r in results for row in r["history"][1:] for key in ("train_elbo", "test_elbo")]
+    if later:
+        axes[0][0].set_ylim(min(later) - 2, max(later) + 2)
     # one legend for all panels: every group's lines, wherever they are drawn
     labelled = {label: line for ax in axes[0] for line, label in zip(*ax.get_legend_handles_labels())}
     axes[0][0].legend(labelled.values(), labelled.keys(), fontsize=8)
