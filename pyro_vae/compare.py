@@ -21,7 +21,6 @@ from typing import Sequence
 from .evaluate import DEFAULT_IWAE_K
 
 
-MULTI_ESTIMATE = ("miwae", "piwae")  # NAME:MxK, M estimates of K samples
 FINISHED_FILE = "comparison_row.json"  # in each run of a training comparison, once trained and scored
 
 
@@ -39,6 +38,13 @@ class Estimator:
         return self.estimates * self.particles
 
     @property
+    def multi_estimate(self) -> bool:
+        """Whether the estimator averages M estimates (written NAME:MxK)."""
+        from .objectives import OBJECTIVES
+
+        return OBJECTIVES[self.name].multi_estimate
+
+    @property
     def label(self) -> str:
         from .objectives import objective_label
 
@@ -47,12 +53,12 @@ class Estimator:
     def make_elbo(self):
         from .objectives import make_elbo
 
-        options = {"num_estimates": self.estimates} if self.name in MULTI_ESTIMATE else {}
+        options = {"num_estimates": self.estimates} if self.multi_estimate else {}
         return make_elbo(self.name, self.particles, vectorize=self.samples > 1, **options)
 
     def train_settings(self) -> dict:
         """The TrainConfig fields that make this estimator."""
-        extra = {"num_estimates": self.estimates} if self.name in MULTI_ESTIMATE else {}
+        extra = {"num_estimates": self.estimates} if self.multi_estimate else {}
         return {"elbo": self.name, "num_particles": self.particles, "vectorize_particles": self.samples > 1,
                 "extra": extra}
 

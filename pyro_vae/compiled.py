@@ -94,6 +94,8 @@ class CompiledLoss:
         """The aten graph of (parameter values, x) -> (loss, gradients). Tracing runs the step
         once for real, inside a forked RNG, so it leaves torch's random stream as it found it."""
         names = self.names
+        if isinstance(self.objective, _Objective):
+            self._check_program(x)
 
         def loss_and_grads(values: list[torch.Tensor], x: torch.Tensor):
             loss = torch.func.functional_call(self.objective, dict(zip(names, values)), (x,))
@@ -103,6 +105,17 @@ class CompiledLoss:
         with forked_rng(x.device), pyro.validation_enabled(False):
             inputs = [v.clone().requires_grad_() for v in self.values]
             return make_fx(loss_and_grads)(inputs, x)
+
+    def _check_program(self, x: torch.Tensor) -> None:
+        """The estimator's program check, eagerly (not into the graph), and a refusal of guide
+        sites that need a score-function surrogate: Pyro forms it with host reads."""
+        module, elbo = self.objective.module, self.objective.elbo
+        if not hasattr(elbo, "program_shape"):
+            return
+        shape = elbo.program_shape(module.model, module.guide, (x,), {})
+        if shape.score_sites:
+            raise ValueError(f"guide site {shape.score_sites[0]!r} is not reparameterized: its score-function "
+                             "surrogate is not traced for compilation; train it without compile")
 
     def _compile(self, graph: torch.fx.GraphModule, device: torch.device) -> Callable:
         if self.backend is None:

@@ -1,39 +1,49 @@
-"""ELBO estimators the field compares since 2018, as Pyro ELBOs: STL, DReG, MIWAE, CIWAE, PIWAE.
+"""Per-item ELBO estimators as Pyro ELBOs: IWAE and Renyi, STL, DReG, MIWAE, CIWAE, PIWAE.
 
 Each works on any Pyro model and guide whose sample sites lie in the data plate (the outermost
-plate, at dim -max_plate_nesting) and whose guide is reparameterized. The K particles of an item
-are drawn in one vectorized pass, under a "particles" plate one dim to the left of the data
-plate, and each estimator combines the per-item log-weights
+plate, at dim -max_plate_nesting); program_check.py refuses, by site name, any other program.
+The K particles of an item are drawn in one vectorized pass, under a "particles" plate one dim
+to the left of the data plate (iwae and renyi may draw them one at a time instead), and each
+estimator combines the per-item log-weights
 
     log w_ik = log p(x_i, z_ik) - log q(z_ik | x_i),    z_ik ~ q(z | x_i) reparameterized.
 
-Two gradient tools serve them all, and both only re-run the programs with Pyro's ``replay``, so
-they need nothing of the guide but its trace (no ``Distribution.detach``, which torch lacks):
+**Subsampled data.** In ``pyro.plate("data", N, subsample_size=B)`` Pyro scales every site by
+N/B. A per-item bound is a sum over items, so the scale multiplies each item's bound *outside*
+its log-mean-exp: the objective is (N/B) sum_{i in batch} bound_i, an unbiased estimate of the
+full data set's sum of per-item bounds (Pyro's RenyiELBO puts the scale inside, pyro-ppl/pyro
+issue #3104). Any other scale (an inner subsampled plate, ``poutine.scale``) stays inside log w.
 
-* **q at stopped parameters.** log q(z; stop(phi)) keeps the path through z and drops the direct
-  dependence on phi. It is log q(z; phi) - log q(stop(z); phi) + stop(log q(stop(z); phi)): the
-  guide replayed on detached samples has exactly the direct phi-gradient, and the same value.
-* **theta alone.** log p(x, stop(z)), the model replayed on detached samples, carries the
-  decoder's gradient at the drawn z and nothing of phi; subtracting it (with a stopped copy added
-  back) removes the theta-gradient from a term without changing its value.
+**Gradient tools**, all from one guide pass and one model pass (no program is run twice):
+
+* **q at stopped parameters.** log q(z; stop(phi)) keeps the path through z and drops the
+  direct dependence on phi: each guide site's distribution with its parameters detached,
+  evaluated at the drawn z. Same value as log q.
+* **Path weights.** DReG and PIWAE weight the gradient that reaches the decoder's parameters
+  (theta) and the one that reaches z (and through it phi) differently. The model runs on z
+  passed through an identity whose backward multiplies the gradient, per particle and item, by
+  a weight set once the log-weights are known; theta's weighting is the loss's own.
 
 The value of every loss is the negated bound, summed over the items of the batch, as Pyro's
-ELBOs; only the gradients differ. These estimators assume that the model's parameters (theta)
+ELBOs; only the gradients differ. The estimators assume that the model's parameters (theta)
 and the guide's (phi) are separate, as in a VAE.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from typing import Callable
 
-import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.poutine.util import site_is_subsample
+from torch.distributions import Distribution
 
-from .marginal import per_item_log_density, trace_particles
+from .marginal import per_item_log_density
+from .program_check import ProgramChecks, ProgramShape, Requirements, particles_plate, sample_sites
 
 
 def _stop(value: torch.Tensor) -> torch.Tensor:
@@ -42,73 +52,171 @@ def _stop(value: torch.Tensor) -> torch.Tensor:
     return value.detach()
 
 
-class PerItemWeights:
-    """The per-item log-densities of one vectorized draw of K particles: (K, batch) tensors."""
+class PathWeights:
+    """Multiplies the gradient reaching the guide's draws, per (particle, item), by a weight
+    that is set after the forward pass (``set``), before backward."""
 
-    def __init__(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int,
-                 max_plate_nesting: int):
-        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
-        self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
-        model_trace, self.guide_trace = trace_particles(model, guide, num_particles, max_plate_nesting, args, kwargs)
-        self.batch = self._batch_size(model_trace)
-        for name, site in self._sample_sites(self.guide_trace):
-            if not site["fn"].has_rsample:
-                raise ValueError(f"guide site {name!r} is not reparameterized ({type(site['fn']).__name__}): "
-                                 "these estimators need a pathwise gradient through every latent")
-        self.log_p = self._sum(model_trace, "model")
-        self.log_q = self._sum(self.guide_trace, "guide")
+    def __init__(self, max_plate_nesting: int):
+        self.max_plate_nesting = max_plate_nesting
+        self.weight: torch.Tensor | None = None
 
-    def _particles(self):
-        return pyro.plate("particles", self.num_particles, dim=-(self.max_plate_nesting + 1))
+    def set(self, weight: torch.Tensor) -> None:
+        self.weight = _stop(weight)
+
+    def attach(self, value: torch.Tensor, event_dim: int) -> torch.Tensor:
+        return _WeightedPath.apply(value, self, event_dim)
+
+
+class _WeightedPath(torch.autograd.Function):
+    """Identity forward; backward multiplies by the (K, batch) weight broadcast over the inner
+    plates and the event dims."""
 
     @staticmethod
-    def _sample_sites(trace):
+    def forward(ctx, value, path: PathWeights, event_dim: int):
+        ctx.path, ctx.event_dim = path, event_dim
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight = ctx.path.weight
+        if weight is None:
+            raise RuntimeError("the path weights were not set before backward")
+        trailing = ctx.path.max_plate_nesting - 1 + ctx.event_dim
+        return grad * weight.reshape(weight.shape + (1,) * trailing).to(grad.dtype), None, None
+
+
+def _detached(fn: Distribution) -> Distribution | None:
+    """A shallow copy of a distribution with every tensor it holds detached (the parameters and
+    any cached derived ones), or None for one whose parameters live elsewhere (a module)."""
+    if isinstance(fn, torch.nn.Module):
+        return None
+    out = copy.copy(fn)
+    for key, value in vars(fn).items():
+        if isinstance(value, torch.Tensor):
+            setattr(out, key, value.detach())
+        elif isinstance(value, Distribution):
+            inner = _detached(value)
+            if inner is None:
+                return None
+            setattr(out, key, inner)
+        elif isinstance(value, (list, tuple)) and any(not isinstance(v, (int, float, str)) for v in value):
+            return None  # transforms, mixtures: not taken apart here
+        elif isinstance(value, torch.nn.Module):
+            return None
+    return out
+
+
+def _plate_size(trace: poutine.Trace, plate: str) -> tuple[int, int]:
+    """(size, full size) of the named plate in a trace: (B, N) for a subsampled data plate."""
+    for _, site in sample_sites(trace):
+        for frame in site["cond_indep_stack"]:
+            if frame.name == plate:
+                return frame.size, frame.full_size or frame.size
+    raise ValueError(f"the program has no site in its data plate {plate!r} on this call: its structure "
+                     "changed since it was checked")
+
+
+class PerItemWeights:
+    """The per-item log-densities of one draw of K particles: (K, batch) tensors ``log_p`` and
+    ``log_q`` (at full weight within the item), and ``scale``, the data plate's N/B.
+
+    ``sequential`` draws the particles one by one (as Pyro's ``vectorize_particles=False``);
+    ``path_weights`` runs the model on the draws through a :class:`PathWeights`."""
+
+    def __init__(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int,
+                 max_plate_nesting: int, data_plate: str, sequential: bool = False,
+                 path_weights: PathWeights | None = None):
+        self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
+        self.path_weights = path_weights
+        # (guide trace, the values the model saw) per pass: one pass, or one per particle
+        self.passes: list[tuple[poutine.Trace, dict]] = []
+        log_p, log_q = [], []
+        for _ in range(num_particles if sequential else 1):
+            with contextlib.nullcontext() if sequential else particles_plate(num_particles, max_plate_nesting):
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                replayed, seen = guide_trace, {}
+                if path_weights is not None:
+                    replayed = guide_trace.copy()
+                    for name, site in sample_sites(guide_trace):
+                        seen[name] = path_weights.attach(site["value"], site["fn"].event_dim)
+                        replayed.nodes[name] = {**site, "value": seen[name]}
+                model_trace = poutine.trace(poutine.replay(model, trace=replayed)).get_trace(*args, **kwargs)
+            if not self.passes:
+                self.batch, full_size = _plate_size(model_trace, data_plate)
+                self.scale = full_size / self.batch  # the data plate's subsampling: outside each item's bound
+            self.passes.append((guide_trace, seen))
+            log_p.append(self._sum(model_trace, "model"))
+            log_q.append(self._sum(guide_trace, "guide"))
+        self.log_p, self.log_q = torch.cat(log_p), torch.cat(log_q)
+
+    def _sum(self, trace: poutine.Trace, program: str) -> torch.Tensor:
         trace.compute_log_prob()
-        return [(name, site) for name, site in trace.nodes.items()
-                if site["type"] == "sample" and not site_is_subsample(site)]
+        return sum(self._per_item(site["log_prob"], site, name, program) for name, site in sample_sites(trace))
 
-    def _batch_size(self, trace) -> int:
-        data_dim = -self.max_plate_nesting
-        for _, site in self._sample_sites(trace):
-            for frame in site["cond_indep_stack"]:
-                if frame.dim == data_dim and frame.name != "particles":
-                    return frame.size
-        raise ValueError(f"the model has no site in a data plate at dim {data_dim}: these estimators "
-                         "are per item, so every site must lie in the data plate")
+    def _per_item(self, log_prob, site: dict, name: str, program: str) -> torch.Tensor:
+        if not torch.is_tensor(log_prob):  # a site masked out entirely
+            return torch.zeros(())
+        if log_prob.dim() == self.max_plate_nesting:  # a particle drawn alone: its particle dim
+            log_prob = log_prob.unsqueeze(0)
+        per_item = per_item_log_density(site, name, program, log_prob.shape[0], self.batch, self.max_plate_nesting,
+                                        full_weight=False, log_prob=log_prob)
+        return per_item if self.scale == 1 else per_item / self.scale
 
-    def _sum(self, trace, program: str) -> torch.Tensor:
-        total = 0.0
-        for name, site in self._sample_sites(trace):
-            total = total + per_item_log_density(site, name, program, self.num_particles, self.batch,
-                                                 self.max_plate_nesting, full_weight=False)
-        return total
+    def _guide_sum(self, log_prob_of: Callable) -> torch.Tensor:
+        parts = []
+        for guide_trace, seen in self.passes:
+            total = 0.0
+            for name, site in sample_sites(guide_trace):
+                log_prob = scale_and_mask(log_prob_of(name, site, seen.get(name, site["value"])),
+                                          site["scale"], site["mask"])
+                total = total + self._per_item(log_prob, site, name, "guide")
+            parts.append(total)
+        return torch.cat(parts)
 
-    def _replayed_on_stopped_samples(self, program: Callable, name: str) -> torch.Tensor:
-        stopped = self.guide_trace.copy()
-        for node, site in stopped.nodes.items():
-            if site["type"] == "sample":
-                stopped.nodes[node] = {**site, "value": _stop(site["value"])}  # the guide's own trace untouched
-        with self._particles():
-            trace = poutine.trace(poutine.replay(program, trace=stopped)).get_trace(*self.args, **self.kwargs)
-        return self._sum(trace, name)
+    def log_q_at_path_values(self) -> torch.Tensor:
+        """log q(z; phi) at the values the model saw: with path weights, z's gradient weighted."""
+        return self._guide_sum(lambda name, site, value: site["fn"].log_prob(value))
 
     def log_q_stopped_parameters(self) -> torch.Tensor:
-        """log q(z; stop(phi)): the value of log q, the gradient through z alone."""
-        direct = self._replayed_on_stopped_samples(self.guide, "guide")  # the direct phi-gradient only
-        return self.log_q - direct + _stop(direct)
+        """log q(z; stop(phi)): the value of log q, the gradient through z alone (at the values
+        the model saw, so that path weights reach it too)."""
+        def stopped(name, site, value):
+            fn = _detached(site["fn"])
+            if fn is None:
+                raise ValueError(f"guide site {name!r}: its distribution {type(site['fn']).__name__} keeps "
+                                 "its parameters in a module, which these estimators cannot stop")
+            return fn.log_prob(value)
+        return self._guide_sum(stopped)
 
-    def log_p_stopped_samples(self) -> torch.Tensor:
-        """log p(x, stop(z)): the value of log p, the model's gradient at the drawn z alone."""
-        return self._replayed_on_stopped_samples(self.model, "model")
+    def log_q_at_stopped_samples(self) -> torch.Tensor:
+        """log q(stop(z); phi): the value of log q, the direct phi-gradient alone."""
+        return self._guide_sum(lambda name, site, value: site["fn"].log_prob(_stop(site["value"])))
 
 
-class _PerItemELBO(ELBO):
-    """Base of the estimators below: ``loss`` and ``loss_and_grads`` from ``differentiable_loss``,
-    so that SVI and a torch optimizer drive them alike. Particles are always vectorized."""
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
-    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, **kwargs):
-        kwargs.pop("vectorize_particles", None)  # always vectorized, under a plate of our own
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
+
+class PerItemELBO(ELBO):
+    """Base of the estimators below: a bound per item, combined over the batch as the module's
+    docstring says. ``loss`` and ``loss_and_grads`` come from ``differentiable_loss``, so that
+    SVI and a torch optimizer drive them alike. The program is checked once (program_check.py).
+
+    :param int num_particles: K, the particles per item (per estimate, for MIWAE and PIWAE).
+    :param int max_plate_nesting: the plates the program nests; the data plate is the outermost,
+        at dim -max_plate_nesting, and the particles live one dim to its left.
+    """
+
+    name = "per-item"
+    vectorize_always = True  # iwae and renyi may also draw particles one at a time
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, vectorize_particles: bool = True):
+        _positive_int("num_particles", num_particles)
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.vectorize = vectorize_particles or self.vectorize_always
+        self.checks = ProgramChecks(Requirements(vectorized=self.vectorize), self.name, num_particles)
 
     @property
     def draws(self) -> int:
@@ -117,8 +225,24 @@ class _PerItemELBO(ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("these estimators draw their particles themselves (PerItemWeights)")
 
-    def weights(self, model, guide, args, kwargs) -> PerItemWeights:
-        return PerItemWeights(model, guide, args, kwargs, self.draws, self.max_plate_nesting)
+    def program_shape(self, model, guide, args, kwargs) -> ProgramShape:
+        """The program's check (once per program): see program_check.py."""
+        return self.checks(model, guide, args, kwargs, self.max_plate_nesting)
+
+    def weights(self, model, guide, args, kwargs, path_weights: PathWeights | None = None) -> PerItemWeights:
+        first = not self.checks.checked(model, guide)
+        shape = self.program_shape(model, guide, args, kwargs)
+        try:
+            return PerItemWeights(model, guide, args, kwargs, self.draws, self.max_plate_nesting,
+                                  shape.data_plate[0], sequential=not self.vectorize, path_weights=path_weights)
+        except (AssertionError, RuntimeError, IndexError) as error:
+            if not first or not self.vectorize:
+                raise
+            # the program ran without particles in the check: it is their plate that it cannot take
+            raise ValueError(f"the program fails under {self.draws} vectorized particles at dim "
+                             f"-{self.max_plate_nesting + 1} ({type(error).__name__}: {error}): a program that "
+                             "asserts its own shapes, or whose batch dims are not all plates within "
+                             "max_plate_nesting, cannot be vectorized; the per-item estimators need it") from error
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
@@ -126,7 +250,8 @@ class _PerItemELBO(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:  # a program with no parameters has nothing to differentiate
+            loss.backward()
         return loss.item()
 
 
@@ -134,12 +259,61 @@ def _log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return log_w.logsumexp(dim) - math.log(log_w.shape[dim])
 
 
-class STL_ELBO(_PerItemELBO):
+def _with_value(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``value``'s number with ``surrogate``'s gradient."""
+    return _stop(value) + surrogate - _stop(surrogate)
+
+
+class RenyiBound(PerItemELBO):
+    r"""Li & Turner (2016), the Renyi bound per item, as Pyro's :class:`~pyro.infer.RenyiELBO`:
+
+    .. math::
+        \mathcal{L}_\alpha = s \sum_i \frac{1}{1-\alpha}
+            \log \frac{1}{K} \sum_{k=1}^{K} w_{ik}^{1-\alpha},
+        \qquad w_{ik} = \frac{p(x_i, z_{ik})}{q(z_{ik} | x_i)},
+
+    with s the data plate's N/B. Its gradient is RenyiELBO's (self-normalised weights times the
+    gradient of log w) as a tensor, so any torch optimizer can drive it. alpha = 0 is Burda et
+    al.'s IWAE bound; alpha = 1 is the ELBO (use trace).
+
+    :param float alpha: a finite number other than 1.
+    :param bool vectorize_particles: draw the K particles in one pass (default) or one by one.
+    """
+
+    name = "renyi"
+    vectorize_always = False
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, vectorize_particles: bool = True,
+                 alpha: float = 0.5):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        if alpha == 1:
+            raise ValueError("alpha = 1 is the ordinary ELBO: use the trace estimator")
+        super().__init__(num_particles, max_plate_nesting, vectorize_particles)
+        self.alpha = float(alpha)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        w = self.weights(model, guide, args, kwargs)
+        log_w = (1.0 - self.alpha) * (w.log_p - w.log_q)
+        return -w.scale * _log_mean_exp(log_w).sum() / (1.0 - self.alpha)
+
+
+class IWAE(RenyiBound):
+    r"""Burda et al. (2016), the importance-weighted bound, per item:
+    :math:`\mathcal{L}_K = s \sum_i \log \frac{1}{K} \sum_k w_{ik}`; the Renyi bound at alpha = 0."""
+
+    name = "iwae"
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, vectorize_particles: bool = True):
+        super().__init__(num_particles, max_plate_nesting, vectorize_particles, alpha=0.0)
+
+
+class STL_ELBO(PerItemELBO):
     r"""Roeder et al. (2017), "sticking the landing": the ELBO with the guide's density at stopped
     parameters,
 
     .. math::
-        -\mathcal{L} = -\sum_i \frac{1}{K} \sum_k \left[\log p(x_i, z_{ik})
+        -\mathcal{L} = -s \sum_i \frac{1}{K} \sum_k \left[\log p(x_i, z_{ik})
             - \log q(z_{ik} | x_i; \bar\phi)\right], \qquad \bar\phi = \mathrm{stop}(\phi),
 
     the same value as Trace_ELBO; its guide gradient drops the score term
@@ -147,49 +321,60 @@ class STL_ELBO(_PerItemELBO):
     when q is the exact posterior (then every sample's guide gradient is zero).
     """
 
+    name = "stl"
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         w = self.weights(model, guide, args, kwargs)
-        return -(w.log_p - w.log_q_stopped_parameters()).mean(0).sum()
+        return -w.scale * (w.log_p - w.log_q_stopped_parameters()).mean(0).sum()
 
 
-class DReG_IWAE(_PerItemELBO):
+class DReG_IWAE(PerItemELBO):
     r"""Tucker et al. (2018), doubly reparameterized gradients of the IWAE bound, their eq. 6.
 
-    Value: :math:`-\sum_i \log \frac{1}{K} \sum_k w_{ik}`. Gradients, with
+    Value: :math:`-s \sum_i \log \frac{1}{K} \sum_k w_{ik}`. Gradients, with
     :math:`\tilde w_{ik} = w_{ik} / \sum_j w_{ij}`:
 
     .. math::
-        \nabla_\theta = \sum_k \tilde w_{ik} \nabla_\theta \log w_{ik} \quad \text{(IWAE's own)},
+        \nabla_\theta = s \sum_k \tilde w_{ik} \nabla_\theta \log w_{ik} \quad \text{(IWAE's own)},
         \qquad
-        \nabla_\phi = \sum_k \tilde w_{ik}^2 \frac{\partial \log w_{ik}}{\partial z_{ik}}
+        \nabla_\phi = s \sum_k \tilde w_{ik}^2 \frac{\partial \log w_{ik}}{\partial z_{ik}}
             \frac{\partial z_{ik}}{\partial \phi},
 
-    with log q at stopped parameters in the second. Unbiased for IWAE's guide gradient, and its
+    with log q at stopped parameters in the second. One surrogate carries both: the sum of
+    :math:`\tilde w_{ik} \log w_{ik}`, with the path to z weighted once more by
+    :math:`\tilde w_{ik}` (:class:`PathWeights`). Unbiased for IWAE's guide gradient, and its
     signal-to-noise ratio grows with K where IWAE's falls as 1/sqrt(K). At K = 1 it is STL.
     """
 
+    name = "dreg"
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        w = self.weights(model, guide, args, kwargs)
+        path = PathWeights(self.max_plate_nesting)
+        w = self.weights(model, guide, args, kwargs, path_weights=path)
         log_w = w.log_p - w.log_q_stopped_parameters()  # phi only through z
-        log_w_theta = w.log_p_stopped_samples() - _stop(w.log_q)  # theta only
         normalized = torch.softmax(_stop(log_w), dim=0)
-        surrogate = (normalized**2 * (log_w - log_w_theta) + normalized * log_w_theta).sum()
-        bound = _log_mean_exp(_stop(log_w)).sum()
-        return -(bound + surrogate - _stop(surrogate))
+        path.set(normalized)  # z's path: normalized twice in all
+        surrogate = (normalized * log_w).sum()
+        return -w.scale * _with_value(_log_mean_exp(log_w).sum(), surrogate)
 
 
-class MIWAE(_PerItemELBO):
+class MIWAE(PerItemELBO):
     r"""Rainforth et al. (2018): the mean of M independent IWAE bounds of K samples each,
 
     .. math::
-        \mathcal{L} = \sum_i \frac{1}{M} \sum_{m=1}^{M} \log \frac{1}{K} \sum_{k=1}^{K} w_{imk},
+        \mathcal{L} = s \sum_i \frac{1}{M} \sum_{m=1}^{M} \log \frac{1}{K} \sum_{k=1}^{K} w_{imk},
 
     from M·K draws. M = 1 is IWAE, K = 1 the ELBO with M particles.
+
+    :param int num_estimates: M, a positive integer.
     """
 
-    def __init__(self, num_particles: int = 1, num_estimates: int = 1, **kwargs):
-        super().__init__(num_particles=num_particles, **kwargs)
-        self.num_estimates = num_estimates
+    name = "miwae"
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, num_estimates: int = 1):
+        super().__init__(num_particles, max_plate_nesting)
+        self.num_estimates = _positive_int("num_estimates", num_estimates)
+        self.checks.num_particles = self.draws
 
     @property
     def draws(self) -> int:
@@ -201,49 +386,59 @@ class MIWAE(_PerItemELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         w = self.weights(model, guide, args, kwargs)
-        return -_log_mean_exp(self.grouped(w.log_p - w.log_q), dim=1).mean(0).sum()
+        return -w.scale * _log_mean_exp(self.grouped(w.log_p - w.log_q), dim=1).mean(0).sum()
 
 
-class CIWAE(_PerItemELBO):
+class CIWAE(PerItemELBO):
     r"""Rainforth et al. (2018): a convex combination of the ELBO and the IWAE bound on the same
-    K samples, :math:`\beta \cdot \mathrm{ELBO} + (1 - \beta) \cdot \mathrm{IWAE}_K`, per item."""
+    K samples, :math:`s \sum_i [\beta \cdot \mathrm{ELBO}_i + (1 - \beta) \cdot \mathrm{IWAE}_{K,i}]`.
 
-    def __init__(self, num_particles: int = 1, beta: float = 0.5, **kwargs):
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {beta}")
-        super().__init__(num_particles=num_particles, **kwargs)
+    :param float beta: the ELBO's weight, in [0, 1].
+    """
+
+    name = "ciwae"
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, beta: float = 0.5):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
+        super().__init__(num_particles, max_plate_nesting)
         self.beta = beta
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         w = self.weights(model, guide, args, kwargs)
         log_w = w.log_p - w.log_q
-        return -(self.beta * log_w.mean(0) + (1 - self.beta) * _log_mean_exp(log_w)).sum()
+        return -w.scale * (self.beta * log_w.mean(0) + (1 - self.beta) * _log_mean_exp(log_w)).sum()
 
 
 class PIWAE(MIWAE):
     r"""Rainforth et al. (2018), partially importance weighted: from one set of M·K draws, the
     model (theta) follows IWAE with M·K samples and the guide (phi) follows MIWAE(M, K).
 
-    One loss carries both: with :math:`\log w^\theta = \log p(x, \mathrm{stop}(z)) - \mathrm{stop}
-    (\log q)` (theta's gradient alone),
+    With :math:`a_{mk}` the weights of IWAE_MK (softmax of log w over all M·K draws) and
+    :math:`b_{mk}` MIWAE's (softmax within estimate m, over M), the surrogate
 
     .. math::
-        S = \mathrm{IWAE}_{MK}(\log w^\theta)
-            + \mathrm{MIWAE}_{M,K}(\log w) - \sum_{mk} \mathrm{stop}(\nabla_{\log w_{mk}}
-              \mathrm{MIWAE}) \log w^\theta_{mk},
+        S = \sum_{mk} a_{mk} \log w_{mk} - \sum_{mk} (b_{mk} - a_{mk}) \log q(\mathrm{stop}(z_{mk}); \phi),
 
-    whose theta-gradient is IWAE_MK's (the last term cancels MIWAE's) and whose phi-gradient is
-    MIWAE's. The loss's value is -IWAE_MK, the model's bound.
+    with the path to z weighted by :math:`b_{mk} / a_{mk}` (:class:`PathWeights`), has theta-gradient
+    IWAE_MK's and phi-gradient MIWAE's (through z, and directly through log q). The loss's value
+    is -s IWAE_MK, the model's bound. The ratio is formed in log space; a draw whose weight a
+    among all M·K underflows to zero passes no gradient to z.
     """
 
+    name = "piwae"
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        w = self.weights(model, guide, args, kwargs)
-        log_w = w.log_p - w.log_q
-        log_w_theta = w.log_p_stopped_samples() - _stop(w.log_q)
-        model_bound = _log_mean_exp(log_w_theta).sum()
-        guide_bound = _log_mean_exp(self.grouped(log_w), dim=1).mean(0).sum()
-        # d MIWAE / d log w_mk = softmax within estimate m, over M
-        miwae_weights = torch.softmax(self.grouped(_stop(log_w)), dim=1).reshape_as(log_w) / self.num_estimates
-        theta_of_guide_bound = (miwae_weights * log_w_theta).sum()
-        surrogate = model_bound + guide_bound - theta_of_guide_bound
-        return -(_stop(model_bound) + surrogate - _stop(surrogate))
+        path = PathWeights(self.max_plate_nesting)
+        w = self.weights(model, guide, args, kwargs, path_weights=path)
+        log_q = w.log_q_at_path_values()
+        log_w = w.log_p - log_q
+        stopped = _stop(log_w)
+        model_weights = torch.softmax(stopped, dim=0)  # a: IWAE_MK
+        group_lse = self.grouped(stopped).logsumexp(1, keepdim=True)
+        miwae_weights = (torch.softmax(self.grouped(stopped), dim=1) / self.num_estimates).reshape_as(log_w)  # b
+        ratio = torch.exp(stopped.logsumexp(0) - group_lse - math.log(self.num_estimates))  # b / a, per estimate
+        path.set(ratio.expand(self.num_estimates, self.num_particles, -1).reshape_as(log_w))
+        surrogate = (model_weights * log_w).sum() \
+            - ((miwae_weights - model_weights) * w.log_q_at_stopped_samples()).sum()
+        return -w.scale * _with_value(_log_mean_exp(log_w).sum(), surrogate)

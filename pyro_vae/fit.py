@@ -181,7 +181,8 @@ def make_step(module: nn.Module, elbo, optimizer: torch.optim.Optimizer, validat
                     loss = torch.as_tensor(elbo.loss_and_grads(module.model, module.guide, x), device=x.device)
                 else:
                     loss = elbo.differentiable_loss(module.model, module.guide, x)
-                    loss.backward()
+                    if loss.requires_grad:  # a program without parameters has nothing to differentiate
+                        loss.backward()
                     loss = loss.detach()
         if after_backward is not None:  # e.g. summing gradients across ranks
             after_backward()
@@ -235,7 +236,9 @@ def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
                     hook(state)
                 try:
                     state.losses[state.step] = step(x)
-                except ValueError as error:  # Pyro's validation: NaN parameters or data
+                except ValueError as error:
+                    if not _about_nan(module, x, error):  # a structural error keeps its type and message
+                        raise
                     raise TrainingFailed(nonfinite_report(module, state.epoch, state.step, math.nan, error)) from None
                 for hook in step_end:
                     hook(state)
@@ -267,13 +270,23 @@ def _overriding(callbacks: Sequence[Callback], hook: str) -> list[Callable[[FitS
     return [getattr(c, hook) for c in callbacks if getattr(type(c), hook) is not getattr(Callback, hook)]
 
 
+def _about_nan(module: nn.Module, x: torch.Tensor, error: ValueError) -> bool:
+    """Whether a step's ValueError comes from a NaN: non-finite parameters or data, or Pyro's
+    validation finding invalid (NaN) values in a distribution's parameters."""
+    if any(not torch.isfinite(p).all() for p in module.parameters()):
+        return True
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        return True
+    return "nan" in str(error).lower()
+
+
 def nonfinite_report(module: nn.Module, epoch: int, step: int, loss: float, error: Exception | None = None) -> str:
     """What went non-finite, and where: for a one-line error."""
     bad = [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         where = f"parameters {', '.join(bad[:3])} are non-finite (a gradient was non-finite earlier)"
     elif error is not None:
-        where = f"the parameters are finite; {str(error).splitlines()[0][:150]} (check the data)"
+        where = f"the parameters are finite; {str(error).splitlines()[0]} (check the data)"
     else:
         where = "the parameters are finite (the loss itself overflowed, or the data holds NaN)"
     return (f"the loss (-ELBO) is {loss} at epoch {epoch + 1}, step {step + 1}; {where}. "

@@ -34,6 +34,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .distributed import World, gather_objects
+from .program_check import Requirements, check_program, particles_plate
 from .seeds import derived_seed, forked_rng
 
 MAX_PLATE_NESTING = 1  # the seed VAE's: its data plate; vectorized particles live at dim -2
@@ -43,7 +44,7 @@ def trace_particles(model: Callable, guide: Callable, num_samples: int, max_plat
                     args: tuple, kwargs: dict) -> tuple[poutine.Trace, poutine.Trace]:
     """(model trace, guide trace) of ``num_samples`` vectorized draws from the guide, under a
     "particles" plate left of the data plate, the model replayed on them."""
-    with pyro.plate("particles", num_samples, dim=-(max_plate_nesting + 1)):
+    with particles_plate(num_samples, max_plate_nesting):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
@@ -68,11 +69,12 @@ def log_importance_weights(model: Callable, guide: Callable, data: torch.Tensor,
 
 
 def per_item_log_density(site: dict, name: str, program: str, num_samples: int, batch: int,
-                         max_plate_nesting: int, full_weight: bool = True) -> torch.Tensor:
-    """A site's log-density as a (num_samples, batch) tensor: summed over the plates inside the
-    data plate; a ValueError naming the site if it is not a per-item term. ``full_weight``
-    refuses a scaled site (log p(x) needs every term at full weight; a training objective may
-    take a subsampled plate's scale)."""
+                         max_plate_nesting: int, full_weight: bool = True,
+                         log_prob: torch.Tensor | None = None) -> torch.Tensor:
+    """A site's log-density (``log_prob``, by default the site's own) as a (num_samples, batch)
+    tensor: summed over the plates inside the data plate; a ValueError naming the site if it is
+    not a per-item term. ``full_weight`` refuses a scaled site (log p(x) needs every term at full
+    weight; a training objective may take a subsampled plate's scale)."""
     data_dim = -max_plate_nesting
     where = f"{program} site {name!r}"
     plates = [f for f in site["cond_indep_stack"] if f.name != "particles"]
@@ -86,7 +88,7 @@ def per_item_log_density(site: dict, name: str, program: str, num_samples: int, 
     if full_weight and not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
         raise ValueError(f"{where} is scaled by {site['scale']} (a subsampled plate, or poutine.scale): "
                          "log p(x) needs every term at full weight")
-    log_prob = site["log_prob"]
+    log_prob = site["log_prob"] if log_prob is None else log_prob
     if log_prob.dim() != max_plate_nesting + 1:
         raise ValueError(f"{where} has a log-density of shape {tuple(log_prob.shape)}, not "
                          f"(samples, batch) plus {max_plate_nesting - 1} inner plate dim(s): "
@@ -279,6 +281,8 @@ def estimate_per_item(model: Callable, guide: Callable, images: torch.Tensor, nu
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     iwae_k = min(iwae_k, num_samples)
+    check_program(model, guide, (images[:batch_size], *args), kwargs, max_plate_nesting,
+                  Requirements(vectorized=True, per_item=True, pathwise=False), "the log p(x) estimator")
     if bytes_per_row is None:
         with forked_rng(images.device):
             torch.manual_seed(seed)  # a measurement that draws the same samples every time

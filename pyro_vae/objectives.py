@@ -1,4 +1,4 @@
-"""The training objectives behind ``--elbo``: a registry of Pyro ELBO estimators.
+"""The training objectives behind ``--elbo``: one record per estimator, in one registry.
 
 ``trace``      Trace_ELBO: the Monte-Carlo ELBO, (1/L) sum_l [log p(x, z_l) - log q(z_l|x)],
                z_l ~ q(z|x) reparameterized (Kingma & Welling's SGVB estimator A); its
@@ -7,46 +7,76 @@
                (estimator B of the paper): (1/L) sum_l log p(x|z_l) - KL; also without a read.
 ``iwae``       the importance-weighted bound of Burda et al. with k = L samples per image:
                log (1/L) sum_l w_l, w_l = p(x, z_l) / q(z_l|x); Renyi's bound at alpha = 0.
-``renyi``      Li & Turner's Renyi bound, 1/(1-alpha) log (1/L) sum_l w_l^(1-alpha) (``--alpha``).
+``renyi``      Li & Turner's Renyi bound, 1/(1-alpha) log (1/L) sum_l w_l^(1-alpha) (``alpha``).
 ``stl``        the ELBO with q at stopped parameters: Roeder et al.'s "sticking the landing".
 ``dreg``       the IWAE bound with Tucker et al.'s doubly reparameterized guide gradient.
-``miwae``      the mean of M IWAE bounds of K = L samples (``--num-estimates M``).
-``ciwae``      beta * ELBO + (1 - beta) * IWAE_K on the same samples (``--beta``).
+``miwae``      the mean of M IWAE bounds of K = L samples (``num_estimates`` M).
+``ciwae``      beta * ELBO + (1 - beta) * IWAE_K on the same samples (``beta``).
 ``piwae``      the model trained on IWAE with M*K samples, the guide on MIWAE(M, K).
 
-The last five are in estimators.py, with their math; they always draw particles vectorized.
+The last seven are in estimators.py, with their math. trace and meanfield take any program
+Pyro's Trace_ELBO takes (global latents, and non-reparameterized guide sites through Pyro's
+score-function surrogate); the others bound each item of a data plate and need every site in
+it, and a reparameterized guide (program_check.py refuses anything else by site name).
 
-Each entry maps (particles L, vectorized or not, jit or not, max_plate_nesting, options) to a
-Pyro ELBO instance. :func:`register_objective` adds one, and ``--elbo`` lists what is registered.
+Each :class:`Objective` record holds the estimator's factory, its options with their defaults,
+and how its sample counts are written; ``make_elbo`` checks the options against it, and the
+commands' ``--elbo`` choices, labels and option flags are read from :data:`OBJECTIVES`.
+:func:`register_objective` adds one.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from typing import Callable
-
-import math
 
 import torch
 from pyro import poutine
-from torch.distributions import kl_divergence
-from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer import (
-    ELBO,
-    JitTrace_ELBO,
-    JitTraceMeanField_ELBO,
-    RenyiELBO,
-    Trace_ELBO,
-    TraceMeanField_ELBO,
-)
-from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_sum
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
 
 from . import estimators
 from .marginal import MAX_PLATE_NESTING
+from .program_check import ParticlesPlate, ProgramChecks, ProgramShape, Requirements, sample_sites
 
 
-class SyncFreeTrace_ELBO(Trace_ELBO):
+class _ChecksPrograms:
+    """The program check of trace and meanfield: a number for max_plate_nesting when particles
+    are vectorized; both take global sites, and trace takes non-reparameterized guide sites
+    (meanfield refuses them, by name, as Pyro's TraceMeanField_ELBO does)."""
+
+    def _setup_checks(self, max_plate_nesting, pathwise: bool) -> None:
+        self.given_max_plate_nesting = max_plate_nesting  # Pyro adds the particles' dim to its own copy
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        self.checks = ProgramChecks(Requirements(vectorized=vectorized, per_item=False, pathwise=pathwise),
+                                    self.estimator_name, self.num_particles)
+
+    def program_shape(self, model, guide, args, kwargs) -> ProgramShape:
+        return self.checks(model, guide, args, kwargs, self.given_max_plate_nesting)
+
+    def loss(self, model, guide, *args, **kwargs):
+        self.program_shape(model, guide, args, kwargs)
+        return super().loss(model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        self.program_shape(model, guide, args, kwargs)
+        return super().loss_and_grads(model, guide, *args, **kwargs)
+
+    def _vectorized_num_particles(self, fn):
+        """Pyro's, with a plate that leaves ``pyro.param(..., event_dim=...)`` alone."""
+        def wrapped(*args, **kwargs):
+            if self.num_particles == 1:
+                return fn(*args, **kwargs)
+            with ParticlesPlate("num_particles_vectorized", self.num_particles, dim=-self.max_plate_nesting):
+                return fn(*args, **kwargs)
+        return wrapped
+
+
+class SyncFreeTrace_ELBO(_ChecksPrograms, Trace_ELBO):
     r"""Pyro's :class:`~pyro.infer.Trace_ELBO` whose differentiable loss never leaves the device.
 
     .. math::
@@ -57,7 +87,7 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
     site's log-probability sum and of the total, and a NaN check forward and backward. Each is a
     host read, which on a GPU stalls the queue of kernels every step. This is the same tensor (same
     value, same gradients, a test checks both) with no read; the trainer checks the loss for NaN
-    when it reads it. Guides with non-reparameterized sites are refused: they need Trace_ELBO's
+    when it reads it. A guide with a non-reparameterized site takes Pyro's own loss, with its
     score-function surrogate.
 
     While Pyro's validation is on (the trainer's first step) the traces are Pyro's own, with every
@@ -66,20 +96,26 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
     score parts (zero for reparameterized sites), about 0.1 ms less Python a step on the CPU.
     """
 
+    estimator_name = "trace"
+
+    def __init__(self, *, num_particles: int = 1, vectorize_particles: bool = False,
+                 max_plate_nesting=MAX_PLATE_NESTING):
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
+                         max_plate_nesting=max_plate_nesting)
+        self._setup_checks(max_plate_nesting, pathwise=False)
+
     def differentiable_loss(self, model, guide, *args, **kwargs):
+        if self.program_shape(model, guide, args, kwargs).score_sites:
+            return Trace_ELBO.differentiable_loss(self, model, guide, *args, **kwargs)
         loss = 0.0
         for model_trace, guide_trace in self._traces(model, guide, args, kwargs):
             elbo_particle = 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    elbo_particle = elbo_particle + _log_prob_sum(site)
-            for site in guide_trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    if not site["fn"].has_rsample:
-                        raise NotImplementedError("SyncFreeTrace_ELBO needs reparameterized guide sites")
-                    elbo_particle = elbo_particle - _log_prob_sum(site)
+            for _, site in sample_sites(model_trace):
+                elbo_particle = elbo_particle + _log_prob_sum(site)
+            for _, site in sample_sites(guide_trace):
+                elbo_particle = elbo_particle - _log_prob_sum(site)
             loss = loss - elbo_particle / self.num_particles
-        return loss
+        return loss if torch.is_tensor(loss) else torch.zeros(())  # a program with no sample sites
 
     def _traces(self, model, guide, args, kwargs):
         """(model trace, guide trace) per particle, or one pair for vectorized particles."""
@@ -95,7 +131,7 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
             yield poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs), guide_trace
 
 
-class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
+class SyncFreeTraceMeanField_ELBO(_ChecksPrograms, TraceMeanField_ELBO):
     r"""Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` whose differentiable loss never leaves the
     device, as :class:`SyncFreeTrace_ELBO` for ``trace``:
 
@@ -105,29 +141,42 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
     with the KL in closed form where torch has it, and log p(z_l) - log q(z_l|x) where it has not.
     Pyro's version reads the loss back (``.item()``, a NaN check) every particle; this one has the
     same value and gradients (a test checks both) and no read, so a traced step holds no host read.
+    Like Pyro's, it needs a reparameterized guide: another is refused by site name.
     """
 
+    estimator_name = "meanfield"
+
+    def __init__(self, *, num_particles: int = 1, vectorize_particles: bool = False,
+                 max_plate_nesting=MAX_PLATE_NESTING):
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
+                         max_plate_nesting=max_plate_nesting)
+        self._setup_checks(max_plate_nesting, pathwise=True)
+
     def differentiable_loss(self, model, guide, *args, **kwargs):
+        self.program_shape(model, guide, args, kwargs)
         loss = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             elbo_particle = 0.0
-            for name, site in model_trace.nodes.items():
-                if site["type"] != "sample" or site_is_subsample(site):
-                    continue
+            for name, site in sample_sites(model_trace):
                 if site["is_observed"]:
                     elbo_particle = elbo_particle + _log_prob_sum(site)
                     continue
                 guide_site = guide_trace.nodes[name]
                 try:
                     kl = kl_divergence(guide_site["fn"], site["fn"])
-                    elbo_particle = elbo_particle - scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+                    elbo_particle = elbo_particle - _sum(scale_and_mask(kl, guide_site["scale"], guide_site["mask"]))
                 except NotImplementedError:
                     elbo_particle = elbo_particle + _log_prob_sum(site) - _log_prob_sum(guide_site)
-            for name, site in guide_trace.nodes.items():  # auxiliary guide sites
-                if site["type"] == "sample" and not site_is_subsample(site) and name not in model_trace.nodes:
+            for name, site in sample_sites(guide_trace):  # auxiliary guide sites
+                if name not in model_trace.nodes:
                     elbo_particle = elbo_particle - _log_prob_sum(site)
             loss = loss - elbo_particle / self.num_particles
-        return loss
+        return loss if torch.is_tensor(loss) else torch.zeros(())  # a program with no sample sites
+
+
+def _sum(value):
+    """A tensor's sum; a number (a term Pyro found identically zero, or masked out) as it is."""
+    return value.sum() if torch.is_tensor(value) else value
 
 
 def _log_prob_sum(site) -> torch.Tensor:
@@ -135,155 +184,163 @@ def _log_prob_sum(site) -> torch.Tensor:
     if "log_prob_sum" in site:
         return site["log_prob_sum"]
     log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(log_prob, site["scale"], site["mask"]).sum()
+    return _sum(scale_and_mask(log_prob, site["scale"], site["mask"]))
 
 
-def _pick(plain: type, jitted: type, num_particles: int, vectorize: bool, jit: bool,
-          max_plate_nesting: int) -> ELBO:
-    kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize,
-                  max_plate_nesting=max_plate_nesting)
-    return jitted(ignore_jit_warnings=True, **kwargs) if jit else plain(**kwargs)
+@dataclass(frozen=True)
+class Objective:
+    """One estimator in the registry.
 
-
-def _trace(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-           **_) -> ELBO:
-    return _pick(SyncFreeTrace_ELBO, JitTrace_ELBO, num_particles, vectorize, jit, max_plate_nesting)
-
-
-def _meanfield(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-               **_) -> ELBO:
-    return _pick(SyncFreeTraceMeanField_ELBO, JitTraceMeanField_ELBO, num_particles, vectorize, jit, max_plate_nesting)
-
-
-class DifferentiableRenyiELBO(RenyiELBO):
-    r"""Pyro's :class:`~pyro.infer.RenyiELBO` with a ``differentiable_loss``.
-
-    Per datapoint i (the log-weights are summed over every plate but the outermost common one,
-    exactly as ``RenyiELBO.loss`` does, so the bound is per image, not pooled over the batch):
-
-    .. math::
-        \mathcal{L}_\alpha = \sum_i \frac{1}{1-\alpha}
-            \log \frac{1}{L} \sum_{l=1}^{L} w_{il}^{1-\alpha},
-        \qquad w_{il} = \frac{p(x_i, z_{il})}{q(z_{il} | x_i)}
-
-    The loss is :math:`-\mathcal{L}_\alpha`. For reparameterized guides its gradient is the one
-    ``RenyiELBO.loss_and_grads`` forms (self-normalised weights times the gradient of log w), but
-    as a tensor: no ``.item()`` per step, and any torch optimizer can drive it. Guides with
-    non-reparameterizable sites are refused (they need the score-function surrogate).
+    :param name: what ``make_elbo`` and ``--elbo`` call it.
+    :param factory: ``factory(num_particles=, vectorize=, jit=, max_plate_nesting=, **options)``
+        returning a Pyro ELBO; it raises ValueError for a bad option value.
+    :param options: the options it takes, with their defaults; None takes any (unchecked).
+    :param summary: one line for ``--help`` and the docs.
+    :param sample_symbol: how the literature writes its samples per item: L for the ELBO's, K for
+        an importance-weighted bound's.
+    :param multi_estimate: it averages M estimates of K samples (option ``num_estimates``).
     """
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        elbo_particles = []
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            elbo_particle = 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    elbo_particle = elbo_particle + torch_sum(site["log_prob"], sum_dims)
-            for site in guide_trace.nodes.values():
-                if site["type"] == "sample":
-                    if not is_identically_zero(site["score_parts"].score_function):
-                        raise NotImplementedError("DifferentiableRenyiELBO needs reparameterized guide sites")
-                    elbo_particle = elbo_particle - torch_sum(site["log_prob"], sum_dims)
-            elbo_particles.append(elbo_particle)
-        if self.vectorize_particles and self.num_particles > 1:
-            elbo_particles = elbo_particles[0]
-        else:
-            elbo_particles = torch.stack(elbo_particles)
-        log_weights = (1.0 - self.alpha) * elbo_particles
-        log_mean_weight = torch.logsumexp(log_weights, dim=0) - math.log(self.num_particles)
-        return -log_mean_weight.sum() / (1.0 - self.alpha)
+    name: str
+    factory: Callable[..., ELBO]
+    options: dict | None = field(default_factory=dict)
+    summary: str = ""
+    sample_symbol: str = "K"
+    multi_estimate: bool = False
 
-
-def _renyi(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-           alpha: float = 0.5, **_) -> ELBO:
-    if jit:
-        raise ValueError("jit is not available for the iwae/renyi estimators (Pyro has no JitRenyiELBO)")
-    if alpha == 1:
-        raise ValueError("alpha = 1 is the ordinary ELBO: use the trace estimator")
-    return DifferentiableRenyiELBO(alpha=alpha, num_particles=num_particles,
-                                   vectorize_particles=vectorize, max_plate_nesting=max_plate_nesting)
-
-
-def _iwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-          **_) -> ELBO:
-    return _renyi(num_particles, vectorize, jit, max_plate_nesting, alpha=0.0)
+    def label(self, num_particles: int, num_estimates: int = 1) -> str:
+        """'trace L=1', 'iwae K=5', 'miwae M=2 K=4'."""
+        if self.multi_estimate:
+            return f"{self.name} M={num_estimates} K={num_particles}"
+        return f"{self.name} {self.sample_symbol}={num_particles}"
 
 
 def _no_jit(name: str, jit: bool) -> None:
     if jit:
-        raise ValueError(f"jit is not available for the {name} estimator")
+        raise ValueError(f"jit is not available for the {name} estimator (Pyro has a Jit variant of trace and "
+                         "meanfield only)")
 
 
-def _stl(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING, **_) -> ELBO:
-    _no_jit("stl", jit)
-    return estimators.STL_ELBO(num_particles, max_plate_nesting=max_plate_nesting)
+def _trace(num_particles, vectorize, jit, max_plate_nesting):
+    settings = dict(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=max_plate_nesting)
+    return JitTrace_ELBO(ignore_jit_warnings=True, **settings) if jit else SyncFreeTrace_ELBO(**settings)
 
 
-def _dreg(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING, **_) -> ELBO:
-    _no_jit("dreg", jit)
-    return estimators.DReG_IWAE(num_particles, max_plate_nesting=max_plate_nesting)
+def _meanfield(num_particles, vectorize, jit, max_plate_nesting):
+    settings = dict(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=max_plate_nesting)
+    return JitTraceMeanField_ELBO(ignore_jit_warnings=True, **settings) if jit \
+        else SyncFreeTraceMeanField_ELBO(**settings)
 
 
-def _miwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-           num_estimates: int = 1, **_) -> ELBO:
-    _no_jit("miwae", jit)
-    return estimators.MIWAE(num_particles, num_estimates, max_plate_nesting=max_plate_nesting)
+def _renyi(num_particles, vectorize, jit, max_plate_nesting, alpha=0.5):
+    _no_jit("renyi", jit)
+    return estimators.RenyiBound(num_particles, max_plate_nesting, vectorize, alpha=alpha)
 
 
-def _piwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-           num_estimates: int = 1, **_) -> ELBO:
-    _no_jit("piwae", jit)
-    return estimators.PIWAE(num_particles, num_estimates, max_plate_nesting=max_plate_nesting)
+def _iwae(num_particles, vectorize, jit, max_plate_nesting):
+    _no_jit("iwae", jit)
+    return estimators.IWAE(num_particles, max_plate_nesting, vectorize)
 
 
-def _ciwae(num_particles: int, vectorize: bool, jit: bool, max_plate_nesting: int = MAX_PLATE_NESTING,
-           beta: float = 0.5, **_) -> ELBO:
-    _no_jit("ciwae", jit)
-    return estimators.CIWAE(num_particles, beta, max_plate_nesting=max_plate_nesting)
+def _per_item(cls: type, name: str) -> Callable[..., ELBO]:
+    """The factory of an always-vectorized estimator class and its own options."""
+    def factory(num_particles, vectorize, jit, max_plate_nesting, **options):
+        _no_jit(name, jit)
+        return cls(num_particles, max_plate_nesting, **options)
+    factory.__name__ = f"_{name}"
+    return factory
 
 
-OBJECTIVES: dict[str, Callable[..., ELBO]] = {
-    "trace": _trace,
-    "meanfield": _meanfield,
-    "iwae": _iwae,
-    "renyi": _renyi,
-    "stl": _stl,
-    "dreg": _dreg,
-    "miwae": _miwae,
-    "ciwae": _ciwae,
-    "piwae": _piwae,
-}
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str, factory: Callable[..., ELBO], options: dict | None = None, *,
+                       summary: str = "", sample_symbol: str = "K", multi_estimate: bool = False) -> Objective:
+    """Make ``factory`` available as ``make_elbo(name, ...)`` (and to the commands' ``--elbo``).
+
+    It is called with ``num_particles``, ``vectorize``, ``jit``, ``max_plate_nesting`` and the
+    options given to make_elbo as keywords, and returns a Pyro ELBO. ``options`` (option ->
+    default) are the options it takes; by default they are read from its signature (its keyword
+    parameters beyond those four; a ``**kwargs`` takes any). ``make_elbo`` refuses any other."""
+    if not callable(factory):
+        raise TypeError(f"the factory of objective {name!r} must be callable, got {type(factory).__name__}")
+    if name in OBJECTIVES:
+        raise ValueError(f"objective {name!r} is already registered")
+    if options is None:
+        options = _signature_options(factory)
+    record = Objective(name, factory, options, summary, sample_symbol, multi_estimate)
+    OBJECTIVES[name] = record
+    return record
+
+
+_SETTINGS = ("num_particles", "vectorize", "jit", "max_plate_nesting")
+
+
+def _signature_options(factory: Callable) -> dict | None:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name: p.default for p in parameters if p.name not in _SETTINGS}
+
+
+register_objective("trace", _trace, {}, summary="Trace_ELBO, the Monte-Carlo ELBO (L samples)", sample_symbol="L")
+register_objective("meanfield", _meanfield, {}, summary="TraceMeanField_ELBO, the ELBO with KL in closed form",
+                   sample_symbol="L")
+register_objective("iwae", _iwae, {}, summary="the importance-weighted bound (Burda et al.)")
+register_objective("renyi", _renyi, {"alpha": 0.5}, summary="the Renyi bound (Li & Turner)")
+register_objective("stl", _per_item(estimators.STL_ELBO, "stl"), {},
+                   summary="the ELBO, sticking the landing (Roeder et al.)", sample_symbol="L")
+register_objective("dreg", _per_item(estimators.DReG_IWAE, "dreg"), {},
+                   summary="IWAE with doubly reparameterized gradients (Tucker et al.)")
+register_objective("miwae", _per_item(estimators.MIWAE, "miwae"), {"num_estimates": 1},
+                   summary="the mean of M IWAE bounds (Rainforth et al.)", multi_estimate=True)
+register_objective("ciwae", _per_item(estimators.CIWAE, "ciwae"), {"beta": 0.5},
+                   summary="beta ELBO + (1 - beta) IWAE (Rainforth et al.)")
+register_objective("piwae", _per_item(estimators.PIWAE, "piwae"), {"num_estimates": 1},
+                   summary="model on IWAE_MK, guide on MIWAE(M, K) (Rainforth et al.)", multi_estimate=True)
 
 
 def objective_label(name: str, num_particles: int, num_estimates: int = 1) -> str:
     """'trace L=1', 'iwae K=5', 'miwae M=2 K=4': an estimator and its sample counts as the
     literature writes them (L samples of the ELBO, K of an importance-weighted bound)."""
-    if name in ("miwae", "piwae"):
-        return f"{name} M={num_estimates} K={num_particles}"
-    return f"{name} {'L' if name in ('trace', 'meanfield', 'stl') else 'K'}={num_particles}"
+    record = OBJECTIVES.get(name)
+    if record is None:
+        return f"{name} K={num_particles}"
+    return record.label(num_particles, num_estimates)
+
+
+def takers(option: str) -> list[str]:
+    """The registered estimators that take ``option``."""
+    return [name for name, record in OBJECTIVES.items() if record.options is not None and option in record.options]
+
+
+def check_options(name: str, options: dict) -> None:
+    """A ValueError for an option the estimator does not take, naming those that do."""
+    record = OBJECTIVES[name]
+    if record.options is None:
+        return
+    for option in options:
+        if option not in record.options:
+            others = takers(option)
+            hint = f" ({' and '.join(others)} take{'s' if len(others) == 1 else ''} it)" if others else ""
+            accepted = ", ".join(record.options) or "none"
+            raise ValueError(f"the {name} estimator takes no option {option!r}{hint}; its options: {accepted}")
 
 
 def make_elbo(name: str, num_particles: int = 1, vectorize: bool = False, jit: bool = False,
               max_plate_nesting: int = MAX_PLATE_NESTING, **options) -> ELBO:
     """The Pyro ELBO registered as ``name`` with L = ``num_particles`` samples per item, drawn in
     one vectorized pass if ``vectorize`` (particles at dim -(max_plate_nesting + 1)); ``options``
-    go to the estimator (e.g. ``alpha`` for renyi). Use it as any Pyro ELBO:
+    go to the estimator (e.g. ``alpha`` for renyi) and are checked against its record: an option
+    it does not take, or a bad value, is a ValueError. Use it as any Pyro ELBO:
     ``elbo.differentiable_loss(model, guide, x)`` or ``pyro.infer.SVI(model, guide, optim, elbo)``."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; registered: {', '.join(OBJECTIVES)}")
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
-    return OBJECTIVES[name](num_particles=num_particles, vectorize=vectorize, jit=jit,
-                            max_plate_nesting=max_plate_nesting, **options)
-
-
-def register_objective(name: str, factory: Callable[..., ELBO]) -> None:
-    """Make ``factory`` available as ``make_elbo(name, ...)`` (and to the commands' ``--elbo``).
-    It is called with ``num_particles``, ``vectorize``, ``jit``, ``max_plate_nesting`` and the
-    options given to make_elbo as keywords, and returns a Pyro ELBO."""
-    if not callable(factory):
-        raise TypeError(f"the factory of objective {name!r} must be callable, got {type(factory).__name__}")
-    if name in OBJECTIVES:
-        raise ValueError(f"objective {name!r} is already registered")
-    OBJECTIVES[name] = factory
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    check_options(name, options)
+    return OBJECTIVES[name].factory(num_particles=num_particles, vectorize=vectorize, jit=jit,
+                                    max_plate_nesting=max_plate_nesting, **options)

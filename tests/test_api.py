@@ -104,7 +104,7 @@ def test_a_global_latent_outside_the_data_plate_is_refused_by_name():
     def guide(x):
         pyro.sample("shift", dist.Normal(torch.zeros(()), 1.0))
 
-    with pytest.raises(ValueError, match="site 'shift' is not in a data plate"):
+    with pytest.raises(ValueError, match="site 'shift' is not in the data plate 'data'"):
         estimate_log_likelihood(model, guide, torch.randn(8), num_samples=5)
 
 

@@ -50,7 +50,9 @@ def test_train_end_to_end_writes_the_run(data_dir, tmp_path):
     (["--binarize", "dynamic", "--dataset", "binarized-mnist"], "already binary"),
     (["--resume"], "--run-dir"),
     (["--beta", "0.5"], "--beta applies only to --elbo ciwae"),
-    (["--elbo", "ciwae", "--beta", "2"], "--beta must be in [0, 1]"),
+    (["--elbo", "ciwae", "--beta", "2"], "--elbo ciwae: beta must be a number in [0, 1]"),
+    (["--elbo", "renyi", "--alpha", "1"], "alpha = 1 is the ordinary ELBO"),
+    (["--elbo", "piwae", "--num-particles", "1"], "--elbo piwae needs --num-estimates M"),
     (["--elbo", "iwae", "--num-estimates", "2"], "--num-estimates applies only to --elbo miwae and piwae"),
     (["--jit"], "use --compile"),
 ])
@@ -100,3 +102,12 @@ def test_the_console_script_lists_and_dispatches_the_commands(capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
     assert set(COMMANDS) == {"train", "evaluate", "compare", "paired", "experiments"}
+
+
+def test_version(capsys):
+    import pyro_vae
+    from pyro_vae.cli import dispatch
+
+    with pytest.raises(SystemExit) as stop:
+        dispatch(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"pyro-vae {pyro_vae.__version__}\n"

@@ -83,8 +83,9 @@ def test_fixed_model_scores_every_estimator(small_model):
     ([], "either RUN_DIR"),
     (["/nonexistent/run"], "not a directory"),
     (["--train", "--repeats", "5"], "--repeats applies only to fixed-model mode"),
-    (["--train", "--estimators", "iwae:2x3"], "only miwae and piwae take MxK"),
     (["--train", "--estimators", "miwae:ax3"], "NAME:MxK"),
+    (["--train", "--estimators", "miwae:5"], "miwae and piwae take NAME:MxK"),
+    (["--train", "--estimators", "iwae:2x5"], "the others NAME:K"),
     ([".", "--epochs", "3"], "--epochs applies only to training mode"),
     ([".", "--hidden-dims", "10"], "--hidden-dims applies only to training mode"),
 ])

@@ -168,5 +168,6 @@ def test_pyro_checks_the_first_chunk_only():
         real_guide(x)
     images = torch.bernoulli(torch.full((4, 784), 0.3))
     estimate_per_item(vae.model, guide, images, 6, batch_size=2, max_memory_mb=1e-9)
-    assert seen[0] and not any(seen[1:]) and len(seen) == 24  # 4 one-image x 6 one-sample chunks
+    # the program check's one trace, then 4 one-image x 6 one-sample chunks, validated on the first only
+    assert seen[0] and seen[1] and not any(seen[2:]) and len(seen) == 25
     assert pyro.infer.util.is_validation_enabled()  # and the caller's setting is back

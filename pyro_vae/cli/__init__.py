@@ -144,7 +144,7 @@ def dispatch(argv: Sequence[str] | None = None) -> None:
         print("\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()))
         sys.exit(0 if argv else EXIT_BAD_INPUT)
     if argv[0] == "--version":
-        from . import __version__
+        from .. import __version__
 
         print(f"pyro-vae {__version__}")
         sys.exit(0)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..compare import MULTI_ESTIMATE, Estimator, compare_fixed_model, compare_training
+from ..compare import Estimator, compare_fixed_model, compare_training
 from ..evaluate import DEFAULT_IWAE_K
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, positive_float, positive_int, run_main,
                train_config)
@@ -25,19 +25,21 @@ def parse_estimators(text: str) -> list[Estimator]:
     K samples each), NAME:K for the others."""
     from ..objectives import OBJECTIVES
 
+    multi = [name for name, record in OBJECTIVES.items() if record.multi_estimate]
     specs = []
     for item in text.split(","):
         name, _, particles = item.strip().partition(":")
         if name not in OBJECTIVES:
             raise UsageError(f"unknown estimator {name!r} in --estimators; choose from {', '.join(OBJECTIVES)}")
+        if ("x" in particles) != (name in multi):
+            raise UsageError(f"--estimators: {item!r}: {' and '.join(multi)} take NAME:MxK (M estimates of K "
+                             "samples), the others NAME:K")
         estimates, _, count = particles.rpartition("x") if "x" in particles else ("1", "", particles)
-        if estimates != "1" and name not in MULTI_ESTIMATE:
-            raise UsageError(f"--estimators: {item!r}: only {' and '.join(MULTI_ESTIMATE)} take MxK")
         try:
             estimator = Estimator(name, int(count or 1), int(estimates))
         except ValueError:
             raise UsageError(f"--estimators: {item!r} should be NAME:K, or NAME:MxK for "
-                             f"{' and '.join(MULTI_ESTIMATE)}, e.g. iwae:5, miwae:10x5") from None
+                             f"{' and '.join(multi)}, e.g. iwae:5, miwae:10x5") from None
         if estimator.particles < 1 or estimator.estimates < 1:
             raise UsageError(f"--estimators: particles must be positive in {item!r}")
         specs.append(estimator)

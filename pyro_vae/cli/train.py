@@ -13,15 +13,15 @@ from typing import Sequence
 
 from .. import distributed, runs
 from ..model import MODELS, TwoLayerVAE
-from ..objectives import OBJECTIVES
+from ..objectives import OBJECTIVES, make_elbo, takers
 from ..train import train_and_report
 from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, differs
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_float,
                positive_int, run_main, train_config)
 
 DEFAULTS = TrainConfig()
-# the estimators' own options, kept in TrainConfig.extra: flag -> the estimators that take it
-ESTIMATOR_OPTIONS = {"alpha": ("renyi",), "num_estimates": ("miwae", "piwae"), "beta": ("ciwae",)}
+# the estimators' own options, kept in TrainConfig.extra; which estimators take each is in their records
+ESTIMATOR_OPTIONS = ("alpha", "num_estimates", "beta")
 
 
 def build_parser() -> ArgumentParser:
@@ -114,13 +114,19 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
             if fixed:
                 raise UsageError(f"--{fixed[0].replace('_', '-')}: --model burda2 has Burda et al.'s sizes")
             config.latent_dim, config.hidden_dims = TwoLayerVAE.latent_dims[-1], (200, 200)
-        for option, estimators in ESTIMATOR_OPTIONS.items():
+        for option in ESTIMATOR_OPTIONS:
             if getattr(args, option) is not None:
+                estimators = takers(option)
                 if config.elbo not in estimators:
                     raise UsageError(f"--{option.replace('_', '-')} applies only to --elbo {' and '.join(estimators)}")
                 config.extra[option] = getattr(args, option)
-        if not 0 <= config.extra.get("beta", 0) <= 1:
-            raise UsageError(f"--beta must be in [0, 1], got {config.extra['beta']}")
+        if OBJECTIVES[config.elbo].multi_estimate and "num_estimates" not in config.extra:
+            raise UsageError(f"--elbo {config.elbo} needs --num-estimates M, the IWAE estimates it averages "
+                             "(M = 1 is iwae)")
+        try:  # the estimator's own checks of its options (beta in [0, 1], alpha not 1), before any work
+            make_elbo(config.elbo, config.num_particles, vectorize=True, **config.extra)
+        except ValueError as error:
+            raise UsageError(f"--elbo {config.elbo}: {error}") from None
     if config.run_dir is None:
         config.run_dir = str(Path("runs") / (f"{config.dataset}-{config.elbo}-L{config.num_particles}"
                                              f"-J{config.latent_dim}-{time.strftime('%Y%m%d-%H%M%S')}"))
