@@ -70,6 +70,7 @@ def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progre
     from tqdm.auto import tqdm
 
     from .gradients import gradient_moments, snr_summary
+    from .marginal import mean_and_stderr
 
     rows = []
     groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder.parameters())}
@@ -86,8 +87,7 @@ def score_fixed_model(vae, images, batch, specs, repeats: int, seed: int, progre
         seconds = (time.perf_counter() - started) / repeats
         row = {"estimator": spec.name, "particles": spec.particles, "estimates": spec.estimates,
                "samples": spec.samples, "label": spec.label,
-               "bound_mean": values.mean().item(),
-               "bound_stderr": values.std().item() / math.sqrt(len(values)),
+               **dict(zip(("bound_mean", "bound_stderr"), mean_and_stderr(values))),
                "ms_per_gradient": 1e3 * seconds}
         for group, moment in moments.items():
             row.update({f"{group}_{k}": v for k, v in snr_summary(moment).items()})
@@ -371,15 +371,17 @@ def paired_differences(results: list[dict]) -> None:
     """Add each result's log p(x) minus the first result's, per image (the same images and
     importance-sampling seed), as ``log_px_diff`` ± ``log_px_diff_stderr`` (standard error of the
     mean difference): the between-image spread, which dominates either score's error, cancels."""
+    import torch
+
+    from .marginal import mean_and_stderr
+
     reference = results[0]["log_px_per_image"] if results else None
     for r in results:
         values = r["log_px_per_image"]
         if reference is None or values is None or len(values) != len(reference):
             continue
-        differences = [a - b for a, b in zip(values, reference)]
-        mean = math.fsum(differences) / len(differences)
-        spread = math.fsum((d - mean) ** 2 for d in differences) / max(len(differences) - 1, 1)
-        r["log_px_diff"], r["log_px_diff_stderr"] = mean, math.sqrt(spread / len(differences))
+        differences = torch.tensor(values, dtype=torch.float64) - torch.tensor(reference, dtype=torch.float64)
+        r["log_px_diff"], r["log_px_diff_stderr"] = mean_and_stderr(differences)
 
 
 if __name__ == "__main__":  # python -m pyro_vae.compare

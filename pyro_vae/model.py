@@ -11,7 +11,8 @@ a training signal, not a normalised density, so log p(x) figures are only densit
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -172,4 +173,48 @@ class TwoLayerVAE(nn.Module):
         return torch.sigmoid(self.decoder["x"](z1))
 
 
-MODELS = ("vae", "burda2")  # --model: the seed's VAE (its size set by flags), Burda et al.'s two-layer net
+@dataclass(frozen=True)
+class ModelRecord:
+    """A net that ``--model`` (and a run's config) names.
+
+    :param build: the module from a run's config (``latent_dim``, ``hidden_dims``, ``binarize``).
+    :param sizes: the (latent_dim, hidden_dims) the net fixes, or None where the flags set them.
+    :param describe: a run's net in a few words, for figure titles, from its config.
+    :param run_prefix: what the benchmark recipe puts before a run's name.
+    """
+
+    name: str
+    build: Callable[[dict], nn.Module]
+    help: str
+    describe: Callable[[dict], str]
+    sizes: tuple[int, tuple[int, ...]] | None = None
+    run_prefix: str = ""
+
+
+MODELS: dict[str, ModelRecord] = {}
+
+
+def register_model(record: ModelRecord) -> None:
+    """Make a net available to ``--model`` and to :func:`build_model`."""
+    if record.name in MODELS:
+        raise ValueError(f"model {record.name!r} is already registered")
+    MODELS[record.name] = record
+
+
+def build_model(config: dict) -> nn.Module:
+    """The module a run's config names (runs written before ``--model`` existed are the seed's VAE)."""
+    name = config.get("model", "vae")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(MODELS)}")
+    return MODELS[name].build(config)
+
+
+register_model(ModelRecord(
+    "vae", lambda c: VAE(c["latent_dim"], c["hidden_dims"], binary_data=c["binarize"] != "none"),
+    "the seed's VAE, sized by --latent-dim and --hidden-dims",
+    lambda c: f"J={c['latent_dim']}, hidden {list(c['hidden_dims'])}"))
+register_model(ModelRecord(
+    "burda2", lambda c: TwoLayerVAE(binary_data=c["binarize"] != "none"),
+    "Burda et al.'s two stochastic layers, 784-200-200-100-100-50",
+    lambda c: "Burda et al.'s two stochastic layers",
+    sizes=(TwoLayerVAE.latent_dims[-1], (200, 200)), run_prefix="burda2-"))

@@ -29,8 +29,9 @@ def run_title(config: dict) -> str:
 
     objective = objective_label(config["elbo"], config["num_particles"],
                                 config.get("extra", {}).get("num_estimates", 1))
-    net = ("Burda et al.'s two stochastic layers" if config.get("model") == "burda2"
-           else f"J={config['latent_dim']}, hidden {list(config['hidden_dims'])}")
+    from .model import MODELS
+
+    net = MODELS[config.get("model", "vae")].describe(config)
     return f"{config['dataset']} ({config['binarize']}), {objective}, {net}"
 
 
@@ -80,16 +81,19 @@ def plot_prior_samples(vae: VAE, path: Path, num: int = 64) -> None:
 
 
 def plot_learning_curves(history: Sequence[dict], path: Path, title: str = "") -> None:
-    """Train/valid/test ELBO (nats per image) against training images seen, as Kingma's Fig. 2."""
+    """The training objective's bound and the valid/test ELBO (nats per image) against training
+    images seen, as Kingma & Welling's Fig. 2."""
     fig, ax = plt.subplots(figsize=(6, 4))
     seen = [row["images_seen"] for row in history]
-    for key, label in (("train_elbo", "train"), ("valid_elbo", "valid"), ("test_elbo", "test")):
+    # train: the training objective's own bound (IWAE's, for iwae); valid and test: one-sample ELBOs
+    for key, label in (("train_elbo", "train (the objective's bound)"), ("valid_elbo", "valid ELBO"),
+                       ("test_elbo", "test ELBO")):
         values = [row[key] for row in history]
         if any(v == v for v in values):  # skip an all-NaN (empty) split
             ax.plot(seen, values, marker="o", markersize=3, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("training images seen")
-    ax.set_ylabel("ELBO (nats per image)")
+    ax.set_ylabel("bound (nats per image)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()

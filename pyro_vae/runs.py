@@ -25,7 +25,7 @@ import numpy as np
 import pyro
 import torch
 
-from .model import VAE, TwoLayerVAE
+from .model import VAE, build_model
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"  # held (flock) by the one process writing the run; holds its PID
@@ -290,17 +290,6 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
 
 
-def build_vae(config: dict) -> VAE | TwoLayerVAE:
-    """The model a run's config names (runs written before --model existed are the seed's VAE)."""
-    if config.get("model", "vae") == "burda2":
-        return TwoLayerVAE(binary_data=config["binarize"] != "none")
-    return VAE(
-        latent_dim=config["latent_dim"],
-        hidden_dims=config["hidden_dims"],
-        binary_data=config["binarize"] != "none",
-    )
-
-
 def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
     """The trained VAE of a run directory, on ``device``, in eval mode."""
     return load_run_and_config(run_dir, device)[0]
@@ -323,7 +312,7 @@ def load_run_and_config(run_dir: str | os.PathLike, device: torch.device | str =
     else:
         state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, device)
         model = state["model_ema"] if "model_ema" in state and weights == "averaged" else state["model"]
-    vae = build_vae(state["config"]).to(device)
+    vae = build_model(state["config"]).to(device)
     try:
         vae.load_state_dict(model)
     except (RuntimeError, KeyError, TypeError) as error:

@@ -3,8 +3,8 @@ with which it drives :func:`pyro_vae.fit.fit`.
 
 A step is ``elbo.differentiable_loss(vae.model, vae.guide, x).backward(); optimizer.step()``:
 the same gradients as ``pyro.infer.SVI.step`` (a test checks it) without its per-step host
-sync (with ``trace``, ``iwae`` and ``renyi`` none is left; Pyro's TraceMeanField_ELBO still reads
-its loss inside ``differentiable_loss``). The callbacks: losses read every ``sync_every`` steps
+sync (every registered estimator's ``differentiable_loss`` stays on the device). The
+callbacks: losses read every ``sync_every`` steps
 (every step on the CPU, where reading is free) to stop on a non-finite one and move the progress
 bar; the learning-rate schedule; the weight average; gradients summed across ranks; the
 wall-time budget; valid/test ELBOs, an atomic checkpoint and a metrics row after each epoch;
@@ -32,7 +32,7 @@ from . import distributed, runs
 from .data import Dataset, load_dataset
 from .fit import (Callback, Checkpoint, FitState, Interrupted, TrainingFailed, fit, make_step,  # noqa: F401
                   nonfinite_report)  # make_step and Interrupted re-exported
-from .model import VAE
+from .model import VAE, build_model
 from .objectives import MAX_PLATE_NESTING, make_elbo
 from .schedules import LR_SCHEDULES, scheduled_rate
 from .seeds import SEED_STRIDE
@@ -260,7 +260,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
                          f"{len(dataset.train)} training images")
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)  # the same initial parameters on every rank
-    vae = runs.build_vae(config.to_dict()).to(device)
+    vae = build_model(config.to_dict()).to(device)
     if world.active:  # but each rank its own samples
         pyro.set_rng_seed(config.seed + SEED_STRIDE * (world.rank + 1))
     elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, config.jit,

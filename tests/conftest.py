@@ -6,18 +6,21 @@ import os
 import sys
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
-from pyro_vae.data import Dataset, Split
+from pyro_vae.data import Dataset, Split, default_cache_dir, search_roots
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def real_data_dir() -> Path | None:
-    for candidate in (os.environ.get("PYRO_VAE_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
-            return Path(candidate)
+    """Where MNIST is, looked for exactly as the project looks (pyro_vae.data.search_roots:
+    $PYRO_VAE_DATA, then the default cache that `python -m pyro_vae.train` downloads into)."""
+    for root in search_roots(None):
+        if (root / "MNIST" / "raw").is_dir():
+            return root
     return None
 
 
@@ -25,8 +28,24 @@ def real_data_dir() -> Path | None:
 def data_dir() -> Path:
     found = real_data_dir()
     if found is None:
-        pytest.skip("real MNIST not found (set PYRO_VAE_DATA)")
+        pytest.skip("real MNIST not found: run `python -m pyro_vae.train` once to download it into "
+                    f"{default_cache_dir()}, or set PYRO_VAE_DATA")
     return found
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro_state():
+    """Each test starts from an empty param store and seed 0, whatever ran before it."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that read the real data are marked needs_data (deselect with -m "not needs_data")."""
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
 
 
 def synthetic_dataset(n_train: int = 64, n_test: int = 32, binarize: str = "dynamic", seed: int = 0) -> Dataset:
@@ -42,6 +61,17 @@ def synthetic_dataset(n_train: int = 64, n_test: int = 32, binarize: str = "dyna
         return Split(images, labels)
 
     return Dataset("synthetic", binarize, make(n_train), make(n_test), make(n_test), source="memory")
+
+
+def assert_drawn(path: Path, min_ink: float = 0.01) -> None:
+    """A PNG that holds a drawing: more than ``min_ink`` of its pixels differ from the most common
+    colour (the background), in more than a few colours; a blank or one-colour figure fails."""
+    import matplotlib.image
+
+    pixels = torch.as_tensor(matplotlib.image.imread(str(path)))[..., :3].reshape(-1, 3)
+    colours, counts = torch.unique((pixels * 255).round().to(torch.int64), dim=0, return_counts=True)
+    ink = 1 - counts.max().item() / len(pixels)
+    assert ink > min_ink and len(colours) > 8, f"{path}: {ink:.1%} of pixels drawn, {len(colours)} colours"
 
 
 def run_cli(module: str, *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):

@@ -11,6 +11,8 @@ import torch
 from pyro_vae.trainer import TrainConfig, train
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # processes of their own: deselect with -m "not slow"
+
 WORKERS = REPO / "tests" / "workers"
 
 

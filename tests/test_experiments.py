@@ -12,6 +12,7 @@ from pyro_vae.recipes.manifold import draw_manifold, latent_grid
 from pyro_vae.cli import UsageError
 from pyro_vae.model import VAE
 from pyro_vae.runs import read_metrics
+from tests.conftest import assert_drawn
 
 
 def test_latent_grid_is_the_inverse_normal_cdf_of_an_even_grid():
@@ -34,8 +35,10 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
     first = sweep(tmp_path, 1, capsys)
     assert "J=2: training" in first and "J=3: training" in first
     out = tmp_path / "latent_sweep"
-    for name in ("latent_sweep.csv", "latent_sweep.md", "latent_sweep_curves.png", "latent_sweep_summary.png"):
+    for name in ("latent_sweep.csv", "latent_sweep.md"):
         assert (out / name).stat().st_size > 0
+    for name in ("latent_sweep_curves.png", "latent_sweep_summary.png"):
+        assert_drawn(out / name)
     again = sweep(tmp_path, 1, capsys)
     assert "J=2: finished run" in again and "skipped" in again and "training" not in again
     longer = sweep(tmp_path, 2, capsys)
@@ -59,7 +62,8 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_di
     for r in rows:
         assert float(r["gap"]) == pytest.approx(float(r["train_elbo"]) - float(r["test_elbo"]))
         assert 0 <= int(r["active_units"]) <= int(r["J"])
-        assert float(r["log_px"]) > -1000
+        # binary pixels: log p(x) < 0; and IS with K samples is above the one-sample ELBO, up to noise
+        assert float(r["test_elbo"]) - 5 < float(r["log_px"]) < 0
 
 
 def test_active_units_counts_the_latent_dimensions_whose_mean_moves_with_the_data():
@@ -90,22 +94,23 @@ def test_manifold_and_figures_write_pngs(tmp_path, data_dir, monkeypatch, capsys
                       "--grid-size", "5", "--out", str(tmp_path), "--no-progress"])
     run = tmp_path / "manifold-mnist-J2"
     for name in ("manifold.png", "latent_scatter.png"):
-        assert (run / name).stat().st_size > 1000
+        assert_drawn(run / name)
     for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
         (run / name).unlink()
     experiments.main(["figures", str(run)])
     for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
-        assert (run / name).stat().st_size > 1000
+        assert_drawn(run / name)
     experiments.main(["figures", str(run), "--out", str(tmp_path / "figures")])
     for name in ("learning_curves.png", "reconstructions.png", "prior_samples.png"):
-        assert (tmp_path / "figures" / name).stat().st_size > 1000
+        assert_drawn(tmp_path / "figures" / name)
 
 
 def test_draw_manifold_with_class_names(tmp_path):
     vae = VAE(latent_dim=2, hidden_dims=(8,))
     images, labels = torch.rand(50, 784), torch.arange(50) % 10
     paths = draw_manifold(vae, images, labels, tmp_path, 3, [f"class {i}" for i in range(10)])
-    assert all(p.stat().st_size > 1000 for p in paths)
+    for path in paths:
+        assert_drawn(path)
 
 
 def test_burda_schedule_has_3280_epochs_in_eight_stages():
@@ -129,7 +134,8 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
                       "--eval-samples", "3", "--curve-samples", "2", "--out", str(tmp_path), "--no-progress"])
     run_dir = tmp_path / "paper-trace-L1-4ep-equal"
     curve = read_metrics(run_dir / "learning_curve.csv")
-    assert [r["epoch"] for r in curve] == [1, 2, 3, 4] and (run_dir / "learning_curve.png").stat().st_size > 1000
+    assert [r["epoch"] for r in curve] == [1, 2, 3, 4]
+    assert_drawn(run_dir / "learning_curve.png")
     # each point is the IS estimate of that epoch's weights: above their mean ELBO (NLL below -ELBO)
     assert all(r["num_samples"] == 2 and r["test_nll"] <= -r["test_elbo"] for r in curve)
     rows = read_metrics(run_dir / "metrics.csv")
@@ -186,7 +192,7 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     (run_dir / "eval_test_K30.json").write_text((run_dir / "eval_test_K3.json").read_text())
     figure = tmp_path / "curves.png"
     experiments.main(["paper-figure", str(run_dir), str(run_dir), "--out", str(figure)])
-    assert figure.stat().st_size > 1000
+    assert_drawn(figure)
     with pytest.raises(UsageError, match="no learning_curve.csv"):
         experiments.main(["paper-figure", str(tmp_path), "--out", str(figure)])
 
@@ -211,4 +217,4 @@ def test_paper_recipe_trains_dreg_on_the_two_layer_net(tmp_path, data_dir, monke
         experiments.main(["paper", "--elbo", "renyi", "--out", str(tmp_path)])
     figure = tmp_path / "curve.png"
     experiments.main(["paper-figure", str(run_dir), "--out", str(figure)])
-    assert figure.stat().st_size > 1000
+    assert_drawn(figure)

@@ -18,6 +18,8 @@ from tests.conftest import REPO
 from tests.test_cli import call
 from tests.test_reliability import without_timing
 
+pytestmark = pytest.mark.slow  # processes of their own: deselect with -m "not slow"
+
 TINY = ["--train-size", "300", "--hidden-dims", "100", "--latent-dim", "5", "--eval-samples", "0",
         "--no-progress", "--seed", "3"]
 

@@ -90,3 +90,47 @@ def test_bad_arguments_are_python_errors():
         pyro_vae.fit(module, data(), pyro_vae.make_elbo("trace"), epochs=0, batch_size=10)
     with pytest.raises(ValueError, match="larger than the 240 items"):
         pyro_vae.fit(module, data(), pyro_vae.make_elbo("trace"), epochs=1, batch_size=500)
+
+
+def test_an_elbo_with_only_loss_and_grads_trains_as_svi_does():
+    """Pyro's TraceGraph_ELBO has no differentiable_loss: fit drives its loss_and_grads, and one
+    step moves the parameters exactly as SVI.step with the same optimizer does."""
+    from pyro_vae.data import epoch_permutation
+
+    x = data()[:32]
+    initial = torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])
+    moved = []
+    for use_fit in (True, False):
+        vae, _ = fresh()
+        pyro.set_rng_seed(3)
+        if use_fit:
+            state = pyro_vae.fit(vae, x, pyro.infer.TraceGraph_ELBO(), epochs=1, batch_size=32,
+                                 optimizer=torch.optim.SGD(vae.parameters(), lr=0.05))
+            assert state.history[0]["train_elbo"] < 0
+        else:
+            svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.SGD({"lr": 0.05}), pyro.infer.TraceGraph_ELBO())
+            svi.step(x[epoch_permutation(32, 0, 0)])  # the items in the order fit's epoch 0 takes them
+        moved.append(torch.cat([p.detach().flatten() for p in vae.parameters()]))
+    assert not torch.allclose(moved[0], initial)
+    assert torch.allclose(moved[0], moved[1], atol=1e-6), (moved[0] - moved[1]).abs().max()
+
+
+@pytest.mark.parametrize("sync_every", [1, 3])
+def test_the_loss_watch_stops_on_the_first_non_finite_loss_whenever_it_reads(sync_every):
+    from pyro_vae.fit import FitState, TrainingFailed
+    from pyro_vae.trainer import LossWatch
+
+    vae = TinyVAE()
+    state = FitState(vae, torch.optim.SGD(vae.parameters(), lr=0.1), epochs=1, num_batches=7, batch_size=4)
+    state.losses = torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan"), 6.0, 7.0])
+    watch = LossWatch(sync_every, progress=False)
+    watch.on_epoch_start(state)
+    reads = []
+    with pytest.raises(TrainingFailed, match="step 5"):
+        for state.step in range(7):
+            before = watch.checked
+            watch.on_step_end(state)
+            reads.append(watch.checked != before)
+    # with sync_every 3 the losses are read at steps 3 and 6 only: the NaN of step 5 is found at 6
+    assert state.step == (4 if sync_every == 1 else 5)
+    assert reads == ([True] * 4 if sync_every == 1 else [False, False, True, False, False])

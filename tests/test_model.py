@@ -42,10 +42,17 @@ def test_encoder_and_decoder_are_public_callables():
 
 
 def test_vectorized_particles_run_under_an_outer_plate():
+    """L = 4 particles in one pass: the loss is minus the mean over particles of the summed
+    per-image log-weights that the log p(x) estimator draws under its own particles plate."""
+    from pyro_vae.marginal import log_importance_weights
+
     vae = VAE(latent_dim=2, hidden_dims=(8,))
     x = torch.rand(6, 784)
+    pyro.set_rng_seed(1)
     loss = make_elbo("trace", 4, vectorize=True).differentiable_loss(vae.model, vae.guide, x)
-    assert loss.shape == () and torch.isfinite(loss)
+    pyro.set_rng_seed(1)
+    log_w = log_importance_weights(vae.model, vae.guide, x, 4)  # the same draws: the same plate dim
+    assert loss.shape == () and torch.allclose(loss, -log_w.mean(0).sum(), rtol=1e-6)
 
 
 def closed_form_elbo(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -105,3 +112,23 @@ def test_bernoulli_pixels_equals_bernoulli_to_event_in_value_and_gradient():
     with pytest.raises(ValueError):  # grey levels are refused unless validation is off
         BernoulliPixels(torch.zeros(784), validate_args=True).log_prob(torch.full((784,), 0.5))
     assert torch.isfinite(BernoulliPixels(torch.zeros(784), validate_args=False).log_prob(torch.full((784,), 0.5)))
+
+
+def test_a_registered_model_is_built_from_a_run_config_and_offered_by_train():
+    from pyro_vae.cli.train import build_parser
+    from pyro_vae.model import MODELS, ModelRecord, build_model, register_model
+
+    record = ModelRecord("narrow", lambda c: VAE(c["latent_dim"], (8,), binary_data=True), "a narrow VAE",
+                         lambda c: "narrow", sizes=(3, (8,)))
+    register_model(record)
+    try:
+        vae = build_model({"model": "narrow", "latent_dim": 3, "hidden_dims": (8,), "binarize": "dynamic"})
+        assert vae.hidden_dims == (8,) and vae.latent_dim == 3
+        assert build_parser().parse_args(["--model", "narrow"]).model == "narrow"
+        with pytest.raises(ValueError, match="already registered"):
+            register_model(record)
+    finally:
+        del MODELS["narrow"]
+    with pytest.raises(ValueError, match="unknown model 'narrow'"):
+        build_model({"model": "narrow"})
+    assert isinstance(build_model({"latent_dim": 2, "hidden_dims": (4,), "binarize": "none"}), VAE)  # older runs

@@ -16,6 +16,8 @@ from pyro_vae.runs import CHECKPOINT_FORMAT, load_checkpoint, read_metrics, save
 from pyro_vae.trainer import TrainConfig, train
 from tests.conftest import REPO, run_cli, synthetic_dataset
 
+pytestmark = [pytest.mark.slow, pytest.mark.needs_data]  # processes of their own: deselect with -m "not slow"
+
 # small enough to be quick, long enough (about 0.3 s an epoch) to be interrupted mid-run
 RUN_FLAGS = ["--train-size", "3000", "--valid-size", "1000", "--hidden-dims", "100",
              "--latent-dim", "5", "--eval-samples", "0", "--no-progress", "--seed", "3"]

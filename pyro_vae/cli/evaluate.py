@@ -1,5 +1,7 @@
-"""``python -m pyro_vae.evaluate RUN_DIR`` (``pyro-vae evaluate``): importance-sampled log p(x)
-of a trained run; see pyro_vae/evaluate.py for the report and its file name."""
+"""``python -m pyro_vae.evaluate RUN_DIR`` (``pyro-vae evaluate``): importance-sampled log p(x),
+IWAE_k and ELBO of a trained run, per image, with a report of their means.
+
+The report and the per-image scores are written into the run directory (docs/cli.md says which files)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def build_parser() -> ArgumentParser:
     common(paper_parser, 3280, training=False)
     paper_parser.add_argument("--elbo", default="trace", help="trace (the VAE), iwae, or dreg (IWAE's bound "
                               "with doubly reparameterized gradients) (default trace)")
-    paper_parser.add_argument("--model", default="vae", choices=MODELS,
+    paper_parser.add_argument("--model", default="vae", choices=list(MODELS),
                               help="vae: 784-200-200-50; burda2: Burda et al.'s two stochastic layers (default vae)")
     paper_parser.add_argument("--num-particles", type=positive_int, default=1, help="L, or k for iwae (1)")
     paper_parser.add_argument("--batch-size", type=positive_int, default=PAPER_BATCH_SIZE,

@@ -1,4 +1,5 @@
-"""``python -m pyro_vae.train`` (``pyro-vae train``): flags -> TrainConfig -> train_and_report.
+"""``python -m pyro_vae.train`` (``pyro-vae train``): train a VAE with any registered ELBO
+estimator, then draw its figures and score its test set.
 
 The defaults train the seed model (784-500-20, tanh, grey-level MNIST, batch 100, Adam) for
 10 epochs, which takes a few minutes on two CPU cores. See docs/cli.md for every flag.
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import distributed, runs
-from ..model import MODELS, TwoLayerVAE
+from ..model import MODELS
 from ..objectives import OBJECTIVES, make_elbo, takers
 from ..train import train_and_report
 from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, differs
@@ -29,9 +30,9 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m pyro_vae.train", description=__doc__.split("\n\n")[0])
     # Flags default to None so that a resumed run can tell which ones were given.
     model = p.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS,
-                       help="vae: the seed's VAE, sized by --latent-dim and --hidden-dims; burda2: Burda et "
-                            "al.'s two stochastic layers, 784-200-200-100-100-50 (default vae)")
+    model.add_argument("--model", choices=list(MODELS),
+                       help="; ".join(f"{name}: {record.help}" for name, record in MODELS.items())
+                       + " (default vae)")
     add_net_flags(model)
     objective = p.add_argument_group("objective")
     objective.add_argument("--elbo", choices=sorted(OBJECTIVES), help=f"estimator (default {d.elbo})")
@@ -109,11 +110,12 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
                                 "run_dir": args.run_dir})
     else:
         config = train_config(args)
-        if config.model == "burda2":
+        sizes = MODELS[config.model].sizes
+        if sizes is not None:
             fixed = [flag for flag in ("latent_dim", "hidden_dims") if flag in given]
             if fixed:
-                raise UsageError(f"--{fixed[0].replace('_', '-')}: --model burda2 has Burda et al.'s sizes")
-            config.latent_dim, config.hidden_dims = TwoLayerVAE.latent_dims[-1], (200, 200)
+                raise UsageError(f"--{fixed[0].replace('_', '-')}: --model {config.model} has sizes of its own")
+            config.latent_dim, config.hidden_dims = sizes
         for option in ESTIMATOR_OPTIONS:
             if getattr(args, option) is not None:
                 estimators = takers(option)

@@ -114,6 +114,13 @@ def overtaken_from(larger: list[dict], smaller: list[dict]) -> int | None:
     return since
 
 
+def _score(result: dict) -> str:
+    """'log p(x) ± s.e.', or 'not scored' for a run whose score the folder does not hold."""
+    if not math.isfinite(result["log_px"]):
+        return "not scored"
+    return f"{result['log_px']:.2f} ± {result['log_px_stderr']:.2f}"
+
+
 def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: str | None = None) -> None:
     """latent_sweep.csv and .md (one row per J, optimiser and step size) and the two figures, which also go
     to ``figure_dir`` if given."""
@@ -131,7 +138,7 @@ def write_sweep(results: list[dict], out: Path, eval_samples: int, figure_dir: s
     for r in results:
         lines.append(f"| {r['J']} | {group(r)} | {r['epochs']} | {r['images_seen']:.3g} | "
                      f"{r['train_elbo']:.2f} | {r['test_elbo']:.2f} | {r['gap']:+.2f} | "
-                     f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f} | {r['active_units']} |")
+                     f"{_score(r)} | {r['active_units']} |")
     lines += ["", "Train ELBO: the running mean over the last epoch's minibatches; test ELBO: one sample "
               "per test image after it. Active units: latent dimensions whose posterior mean varies over the "
               "test images by more than 0.01 (Burda et al.'s measure).", ""]

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..cli import UsageError
+from ..model import MODELS
 from ..objectives import objective_label
 
 PAPER_BATCH_SIZE = 100  # a paper run at another batch size says so in its name
@@ -33,7 +34,7 @@ def paper(args) -> None:
     from ..cli import train_config
     from ..trainer import RESUMABLE_SETTINGS
 
-    net = "burda2-" if args.model == "burda2" else ""  # the one-layer net's runs keep their names
+    net = MODELS[args.model].run_prefix  # the one-layer net's runs keep their names
     name = f"paper-{net}{args.elbo}-{'L' if args.elbo == 'trace' else 'k'}{args.num_particles}"
     if args.schedule_epochs and args.schedule_epochs >= args.epochs:
         raise UsageError(f"--schedule-epochs {args.schedule_epochs} must be fewer than --epochs {args.epochs}")
