@@ -106,13 +106,13 @@ def _detached(fn: Distribution) -> Distribution | None:
     return out
 
 
-def _plate_size(trace: poutine.Trace, plate: str) -> tuple[int, int]:
-    """(size, full size) of the named plate in a trace: (B, N) for a subsampled data plate."""
+def _plate_size(trace: poutine.Trace, dim: int) -> tuple[int, int]:
+    """(size, full size) of the plate at ``dim`` in a trace: (B, N) for a subsampled data plate."""
     for _, site in sample_sites(trace):
         for frame in site["cond_indep_stack"]:
-            if frame.name == plate:
+            if frame.vectorized and frame.dim == dim:
                 return frame.size, frame.full_size or frame.size
-    raise ValueError(f"the program has no site in its data plate {plate!r} on this call: its structure "
+    raise ValueError(f"the program has no site in a data plate at dim {dim} on this call: its structure "
                      "changed since it was checked")
 
 
@@ -124,7 +124,7 @@ class PerItemWeights:
     ``path_weights`` runs the model on the draws through a :class:`PathWeights`."""
 
     def __init__(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int,
-                 max_plate_nesting: int, data_plate: str, sequential: bool = False,
+                 max_plate_nesting: int, sequential: bool = False,
                  path_weights: PathWeights | None = None):
         self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
         self.path_weights = path_weights
@@ -142,7 +142,7 @@ class PerItemWeights:
                         replayed.nodes[name] = {**site, "value": seen[name]}
                 model_trace = poutine.trace(poutine.replay(model, trace=replayed)).get_trace(*args, **kwargs)
             if not self.passes:
-                self.batch, full_size = _plate_size(model_trace, data_plate)
+                self.batch, full_size = _plate_size(model_trace, -max_plate_nesting)
                 self.scale = full_size / self.batch  # the data plate's subsampling: outside each item's bound
             self.passes.append((guide_trace, seen))
             log_p.append(self._sum(model_trace, "model"))
@@ -231,10 +231,10 @@ class PerItemELBO(ELBO):
 
     def weights(self, model, guide, args, kwargs, path_weights: PathWeights | None = None) -> PerItemWeights:
         first = not self.checks.checked(model, guide)
-        shape = self.program_shape(model, guide, args, kwargs)
+        self.program_shape(model, guide, args, kwargs)
         try:
             return PerItemWeights(model, guide, args, kwargs, self.draws, self.max_plate_nesting,
-                                  shape.data_plate[0], sequential=not self.vectorize, path_weights=path_weights)
+                                  sequential=not self.vectorize, path_weights=path_weights)
         except (AssertionError, RuntimeError, IndexError) as error:
             if not first or not self.vectorize:
                 raise

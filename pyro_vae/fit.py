@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,7 +278,7 @@ def _about_nan(module: nn.Module, x: torch.Tensor, error: ValueError) -> bool:
         return True
     if x.is_floating_point() and not torch.isfinite(x).all():
         return True
-    return "nan" in str(error).lower()
+    return re.search(r"\bnan\b", str(error).lower()) is not None
 
 
 def nonfinite_report(module: nn.Module, epoch: int, step: int, loss: float, error: Exception | None = None) -> str:

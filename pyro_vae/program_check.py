@@ -165,7 +165,8 @@ def _check_per_item(sites: list, max_plate_nesting: int, data_plate, estimator: 
                          "and there is no item")
     for program, name, site in sites:
         plates = _plates(site)
-        inside = any(f.dim == -max_plate_nesting and (f.name, f.size) == data_plate[:2] for f in plates) \
+        # the same dim and size: model and guide may name their data plates apart
+        inside = any(f.dim == -max_plate_nesting and f.size == data_plate[1] for f in plates) \
             if data_plate else False
         if not inside:
             found = ", ".join(f"{f.name!r} (dim {f.dim})" for f in plates) or "none"

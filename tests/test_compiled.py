@@ -84,3 +84,19 @@ def test_a_compiled_fit_trains_as_an_eager_one_and_resumes_exactly(tmp_path):
     resumed, _ = fit_tiny(3, compile=True, callbacks=[pyro_vae.Checkpoint(path, resume=True)])
     for (name, a), b in zip(resumed.named_parameters(), compiled.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_a_score_function_guide_is_refused_by_name_where_the_step_is_compiled():
+    vae = VAE(2, (8,))
+
+    def discrete_guide(x):
+        logits = pyro.param("logits", torch.zeros(2))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", pyro.distributions.Bernoulli(logits=logits.expand(len(x), 2)).to_event(1))
+
+    vae.guide = discrete_guide  # trace takes it eagerly, with Pyro's score-function surrogate
+    x = torch.rand(4, 784).bernoulli()
+    elbo = pyro_vae.make_elbo("trace", 2)
+    assert torch.isfinite(elbo.differentiable_loss(vae.model, vae.guide, x))
+    with pytest.raises(ValueError, match="guide site 'z' is not reparameterized: its score-function surrogate"):
+        CompiledLoss(vae, elbo, backend=None)(x)

@@ -239,3 +239,15 @@ def test_fit_still_reports_a_nan_as_a_nan():
     data[:, 1] = math.nan  # in every batch, so in the first, which Pyro validates
     with pytest.raises(TrainingFailed, match="nan"):
         fit(module, data, make_elbo("trace", 1), epochs=1, batch_size=4)
+
+
+def test_model_and_guide_may_name_their_data_plates_apart():
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("batch", len(x)):
+            pyro.sample("z", dist.Normal(loc + x[:, :2], 0.8).to_event(1))
+
+    for name in PER_ITEM:
+        renamed = svi_step_and_loss(make_elbo(name, 2, **OPTIONS.get(name, {})), local, guide)
+        same = svi_step_and_loss(make_elbo(name, 2, **OPTIONS.get(name, {})), local, local_guide)
+        assert torch.allclose(renamed, same, rtol=1e-12), name
