@@ -98,19 +98,24 @@ class Dataset:
         several ranks, step s covers the next ``batch_size * world_size`` images of the
         permutation and rank r takes the r-th slice of ``batch_size`` of them.
         """
-        images = self.train.images
-        order = epoch_permutation(len(images), seed, epoch).to(images.device)
-        step_size = batch_size * world_size
-        for begin in range(start * step_size, len(images), step_size):
-            # tensor_split: equal slices of batch_size; the last, short step is dealt evenly
-            mine = torch.tensor_split(order[begin:begin + step_size], world_size)[rank]
-            batch = images[mine]
+        for batch in epoch_batches(self.train.images, epoch, batch_size, seed, start, rank, world_size):
             yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(derived_seed(seed, epoch))
     return torch.randperm(n, generator=generator)
+
+
+def epoch_batches(items: torch.Tensor, epoch: int, batch_size: int, seed: int, start: int = 0, rank: int = 0,
+                  world_size: int = 1) -> Iterator[torch.Tensor]:
+    """The minibatches of one epoch of ``items``, from step ``start`` on: slices of a permutation
+    fixed by (seed, epoch). Step s covers the next ``batch_size * world_size`` items and rank r
+    takes the r-th slice of them (``tensor_split``: the last, short step is dealt evenly)."""
+    order = epoch_permutation(len(items), seed, epoch).to(items.device)
+    step_size = batch_size * world_size
+    for begin in range(start * step_size, len(items), step_size):
+        yield items[torch.tensor_split(order[begin:begin + step_size], world_size)[rank]]
 
 
 def default_cache_dir() -> Path:

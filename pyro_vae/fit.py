@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import runs
-from .data import epoch_permutation
+from .data import epoch_batches
 from .seeds import forked_rng
 
 
@@ -109,10 +109,7 @@ class TensorBatches:
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, start: int = 0, rank: int = 0,
                       world_size: int = 1) -> Iterator[torch.Tensor]:
-        order = epoch_permutation(len(self.items), seed, epoch).to(self.items.device)
-        step_size = batch_size * world_size
-        for begin in range(start * step_size, len(self.items), step_size):
-            yield self.items[torch.tensor_split(order[begin:begin + step_size], world_size)[rank]]
+        return epoch_batches(self.items, epoch, batch_size, seed, start, rank, world_size)
 
 
 class Checkpoint(Callback):

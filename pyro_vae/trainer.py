@@ -189,16 +189,25 @@ def differs(given, stored) -> bool:
 
 def refuse_changed_settings(run_dir: Path, stored: dict, config: dict,
                             may_change: Iterable[str] = RESUMABLE_SETTINGS) -> None:
-    """A run resumed or re-run keeps its settings: refuse the first one that ``config`` changes.
-    (binarize None means the data set's default, which the stored config has resolved.)"""
-    defaults = TrainConfig().to_dict()  # a setting added since the run was made had its default
-    for key, value in config.items():
+    """A run resumed or re-run keeps its settings: refuse the first one that ``config`` changes."""
+    key = changed_setting(stored, config, may_change)
+    if key is not None:
+        was = stored.get(key, TrainConfig().to_dict().get(key))
+        raise ValueError(f"{run_dir} was trained with {key} = {_show(was)}, not {_show(config[key])}; a resumed "
+                         "run keeps its settings (use another run directory for new ones)")
+
+
+def changed_setting(stored: dict, given: dict, may_change: Iterable[str] = RESUMABLE_SETTINGS) -> str | None:
+    """The first setting of ``given`` that differs from a run's ``stored`` config, other than those
+    that ``may_change``; None if there is none. A setting added since the run was made had its
+    default; binarize None means the data set's default, which the stored config has resolved."""
+    defaults = TrainConfig().to_dict()
+    for key, value in given.items():
         if key in may_change or key == "versions" or (key == "binarize" and value is None):
             continue
         if differs(value, stored.get(key, defaults.get(key))):
-            raise ValueError(f"{run_dir} was trained with {key} = {_show(stored.get(key, defaults.get(key)))}, not "
-                             f"{_show(value)}; a resumed run keeps its settings (use another run "
-                             "directory for new ones)")
+            return key
+    return None
 
 
 def _show(value) -> str:

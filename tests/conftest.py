@@ -74,6 +74,16 @@ def assert_drawn(path: Path, min_ink: float = 0.01) -> None:
     assert ink > min_ink and len(colours) > 8, f"{path}: {ink:.1%} of pixels drawn, {len(colours)} colours"
 
 
+def call(main, argv, capsys):
+    """Run a command's main in-process, as the console script does; return (exit status, stderr)."""
+    from pyro_vae.cli import run_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv)
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
 def run_cli(module: str, *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
     import subprocess
 

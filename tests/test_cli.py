@@ -5,17 +5,8 @@ import json
 import pytest
 
 from pyro_vae.cli import evaluate, train
-from pyro_vae.cli import run_main
 from pyro_vae.runs import read_metrics
-from tests.conftest import run_cli
-
-
-def call(main, argv, capsys):
-    """Run a CLI in-process; return (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(main, argv)
-        raise SystemExit(0)
-    return exit_info.value.code, capsys.readouterr().err
+from tests.conftest import call, run_cli
 
 
 def test_train_end_to_end_writes_the_run(data_dir, tmp_path):

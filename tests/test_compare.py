@@ -12,7 +12,7 @@ from pyro_vae.cli import compare as compare_cli
 from pyro_vae.gradients import gradient_moments, snr_summary
 from pyro_vae.model import VAE
 from pyro_vae.objectives import make_elbo
-from tests.test_cli import call
+from tests.conftest import call
 
 
 def test_gradient_snr_on_a_toy_with_known_moments():

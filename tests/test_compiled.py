@@ -100,3 +100,9 @@ def test_a_score_function_guide_is_refused_by_name_where_the_step_is_compiled():
     assert torch.isfinite(elbo.differentiable_loss(vae.model, vae.guide, x))
     with pytest.raises(ValueError, match="guide site 'z' is not reparameterized: its score-function surrogate"):
         CompiledLoss(vae, elbo, backend=None)(x)
+
+
+def test_every_registered_estimator_is_traced_above():
+    from pyro_vae.objectives import OBJECTIVES
+
+    assert {name for name, *_ in ESTIMATORS} == set(OBJECTIVES)

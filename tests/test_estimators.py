@@ -172,7 +172,7 @@ def test_the_trainer_drives_them_and_keeps_their_options_across_a_resume(tmp_pat
     from pyro_vae.runs import load_checkpoint
     from pyro_vae.trainer import TrainConfig, train
     from tests.conftest import synthetic_dataset
-    from tests.test_cli import call
+    from tests.conftest import call
 
     torch.set_default_dtype(torch.float32)
     run = tmp_path / "run"

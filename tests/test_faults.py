@@ -15,7 +15,7 @@ from pyro_vae import runs
 from pyro_vae.cli import train
 from pyro_vae.runs import claim_run_dir, load_checkpoint, read_metrics, save_checkpoint
 from tests.conftest import REPO
-from tests.test_cli import call
+from tests.conftest import call
 from tests.test_reliability import without_timing
 
 pytestmark = pytest.mark.slow  # processes of their own: deselect with -m "not slow"

@@ -39,7 +39,7 @@ def test_evaluations_of_different_images_are_refused():
 
 def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_path, capsys):
     from pyro_vae.cli import paired
-    from tests.test_cli import call
+    from tests.conftest import call
 
     first, second, broken = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "broken.json"
     first.write_text(json.dumps(report([-80.0, -100.0], [-90.0, -110.0], run_dir="runs/a")))

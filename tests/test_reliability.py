@@ -95,7 +95,7 @@ def test_starting_over_an_existing_run_is_refused(tmp_path, capsys):
 
 def test_truncated_checkpoint_gives_one_clear_line(tmp_path, data_dir, capsys):
     from pyro_vae.cli import evaluate as evaluate_cli, train as train_cli
-    from tests.test_cli import call
+    from tests.conftest import call
 
     run = tmp_path / "run"
     config = TrainConfig(run_dir=str(run), epochs=1, batch_size=16, hidden_dims=(8,), latent_dim=2)

@@ -19,7 +19,7 @@ from pyro_vae.runs import LOCK_FILE, claim_run_dir, load_checkpoint, read_metric
 from pyro_vae.trainer import TrainConfig
 from pyro_vae.trainer import train as train_run
 from tests.conftest import REPO
-from tests.test_cli import call
+from tests.conftest import call
 
 TINY = ["--train-size", "200", "--hidden-dims", "16", "--latent-dim", "2", "--eval-samples", "0",
         "--no-progress"]

@@ -13,7 +13,7 @@ from pyro_vae import estimate_log_likelihood, make_elbo
 from pyro_vae.marginal import log_importance_weights
 from pyro_vae.model import TwoLayerVAE
 from tests.conftest import synthetic_dataset
-from tests.test_cli import call
+from tests.conftest import call
 
 
 def images(n: int = 4) -> torch.Tensor:

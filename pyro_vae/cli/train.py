@@ -16,7 +16,7 @@ from .. import distributed, runs
 from ..model import MODELS
 from ..objectives import OBJECTIVES, make_elbo, takers
 from ..train import train_and_report
-from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, differs
+from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, changed_setting
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_float,
                positive_int, run_main, train_config)
 
@@ -97,13 +97,11 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
             raise UsageError(f"{args.run_dir} is a file, not a run directory")
         stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
         given.update({k: getattr(args, k) for k in ESTIMATOR_OPTIONS if getattr(args, k) is not None})
-        stored = {**stored, **stored.get("extra", {})}
-        stored = {**DEFAULTS.to_dict(), **stored}  # a setting added since the run was made had its default
-        changed = sorted(k for k, v in given.items()
-                         if k not in RESUMABLE_SETTINGS and differs(v, stored.get(k)))
-        if changed:
-            raise UsageError(f"a resumed run keeps its settings; drop --{changed[0].replace('_', '-')} "
-                             f"(the run has {stored.get(changed[0])!r})")
+        stored = {**DEFAULTS.to_dict(), **stored, **stored.get("extra", {})}  # an option given is a flag
+        changed = changed_setting(stored, dict(sorted(given.items())))
+        if changed is not None:
+            raise UsageError(f"a resumed run keeps its settings; drop --{changed.replace('_', '-')} "
+                             f"(the run has {stored.get(changed)!r})")
         # the folder given is the run: the stored run_dir is where it was written, not a target
         config = TrainConfig(**{**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__},
                                 **{k: v for k, v in given.items() if k in RESUMABLE_SETTINGS},
