@@ -22,3 +22,17 @@ def test_the_api_page_runs():
     for estimate, elbo in zip(log_px, numbers[:2]):
         assert elbo < estimate < truth + 0.3  # trained models close to, and not far above, the truth
         assert estimate > truth - 1.0
+
+
+def test_the_estimator_docs_name_every_registered_estimator():
+    """docs/cli.md and docs/api.md describe the estimators of the registry, no more and no less."""
+    from pyro_vae.objectives import OBJECTIVES
+
+    cli = (DOCS / "cli.md").read_text()
+    table = set(re.findall(r"^\| `(\w+)` \| (?:Roeder|Tucker|Rainforth)", cli, flags=re.M))
+    paragraph = cli[cli.index("`--elbo` accepts"):].split("\n\n")[0]
+    named = set(re.findall(r"`(\w+)`\s+\(", paragraph))
+    assert table | named == set(OBJECTIVES)
+    api = (DOCS / "api.md").read_text()
+    for name in OBJECTIVES:
+        assert f"`{name}`" in api, name
