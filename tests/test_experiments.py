@@ -170,12 +170,12 @@ def test_paper_recipe_runs_and_schedules_the_rate(tmp_path, data_dir, monkeypatc
     assert longer_curve[:4] == curve and [r["epoch"] for r in longer_curve] == [1, 2, 3, 4, 6]
     experiments.main(["curve", str(longer), "--num-samples", "3", "--no-progress"])  # another K: no mixing
     assert [r["epoch"] for r in read_metrics(longer / "learning_curve.csv")] == [6]
-    with pytest.raises(UsageError, match="it has trained 4 epochs"):
+    with pytest.raises(ValueError, match="has trained 4 epochs"):
         experiments.main(["paper", "--epochs", "4", "--out", str(tmp_path / "x"), "--continue-from", str(run_dir)])
-    with pytest.raises(UsageError, match="not a paper run"):
+    with pytest.raises(ValueError, match="not a paper run"):
         experiments.main(["paper", "--epochs", "6", "--out", str(tmp_path / "y"), "--continue-from", str(tmp_path)])
     (tmp_path / "config.json").write_text("{ truncated")
-    with pytest.raises(UsageError, match="not a paper run"):
+    with pytest.raises(ValueError, match="not a paper run"):
         experiments.main(["paper", "--epochs", "6", "--out", str(tmp_path / "y"), "--continue-from", str(tmp_path)])
     # continued at another batch size: the name says so, and the config holds the new size
     smaller = tmp_path / "paper-trace-L1-7ep-equal4-b50"
@@ -210,7 +210,7 @@ def test_paper_recipe_trains_dreg_on_the_two_layer_net(tmp_path, data_dir, monke
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["model"], config["elbo"], config["num_particles"]) == ("burda2", "dreg", 2)
     assert "z2" in str(runs.load_checkpoint(run_dir / "checkpoint.pt")["model"].keys())  # the two-layer net
-    with pytest.raises(UsageError, match="a run of --model burda2, not vae"):
+    with pytest.raises(ValueError, match="a run of the model burda2, not vae"):
         experiments.main(["paper", "--elbo", "dreg", "--num-particles", "2", "--epochs", "2", "--out",
                           str(tmp_path / "x"), "--continue-from", str(run_dir)])
     with pytest.raises(UsageError, match="trains trace, iwae, dreg"):

@@ -23,11 +23,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..recipes.latent_sweep import DEFAULT_LATENT_DIMS, SWEEP_FIGURES, latent_sweep
-from ..recipes.manifold import manifold
+import dataclasses
+
+from ..recipes.latent_sweep import DEFAULT_LATENT_DIMS, SWEEP_FIGURES, SweepSettings, latent_sweep
+from ..recipes.manifold import TRAINING_SETTINGS, ManifoldSettings, manifold
 from ..model import MODELS
-from ..recipes.paper import PAPER_BATCH_SIZE, PAPER_OBJECTIVES, learning_curve, paper, plot_paper_curve
+from ..recipes.paper import (PAPER_BATCH_SIZE, PAPER_OBJECTIVES, PaperSettings, learning_curve, paper,
+                             plot_paper_curve)
 from . import ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_int, run_main
+
+
+def settings_from(cls, args, **extra):
+    """A recipe's settings from the flags given (those left None take the recipe's defaults)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if getattr(args, f.name, None) is not None}
+    if isinstance(given.get("hidden_dims"), list):
+        given["hidden_dims"] = tuple(given["hidden_dims"])
+    return cls(**{**given, "progress": not args.no_progress, **extra})
 
 
 def figures(args) -> None:
@@ -133,13 +145,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             for name in SWEEP_FIGURES:
                 runs.check_writable_file(Path(args.figure_dir) / name)
-        latent_sweep(args)
+        latent_sweep(settings_from(SweepSettings, args, latent_dims=tuple(args.latent_dims)))
     elif args.command == "manifold":
-        manifold(args)
+        given = [name for name in TRAINING_SETTINGS if getattr(args, name, None) is not None]
+        if args.run_dir and given:
+            raise UsageError(f"--{given[0].replace('_', '-')} sets up the run manifold trains; "
+                             "with --run-dir that run's own settings are used")
+        manifold(settings_from(ManifoldSettings, args))
     elif args.command == "paper":
         if args.elbo not in PAPER_OBJECTIVES:
             raise UsageError(f"--elbo {args.elbo!r}: the paper recipe trains {', '.join(PAPER_OBJECTIVES)}")
-        paper(args)
+        if args.schedule_epochs and args.schedule_epochs >= args.epochs:
+            raise UsageError(f"--schedule-epochs {args.schedule_epochs} must be fewer than --epochs {args.epochs}")
+        paper(settings_from(PaperSettings, args))
     elif args.command == "paper-figure":
         from .. import runs
 

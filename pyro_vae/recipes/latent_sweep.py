@@ -12,11 +12,12 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import existing_run, score_path_for
+from . import existing_run, score_path_for, train_config_from
 
 DEFAULT_LATENT_DIMS = (3, 5, 10, 20, 200)
 SWEEP_FIGURES = ("latent_sweep_curves.png", "latent_sweep_summary.png")
@@ -33,33 +34,57 @@ def group(result: dict) -> str:
     return f"{result['optimizer']} {result['lr']:g}"
 
 
-def latent_sweep(args) -> None:
+@dataclass
+class SweepSettings:
+    """The latent sweep: one seed-model run per latent size in ``latent_dims``, each in
+    <out>/J<J>-<optimizer>[-lr<lr>], scored by IS with ``eval_samples`` (0: not scored); the
+    table and figures in ``out`` and, if given, the figures also in ``figure_dir``."""
+
+    out: str
+    latent_dims: tuple[int, ...] = DEFAULT_LATENT_DIMS
+    optimizer: str = "adam"
+    lr: float | None = None
+    epochs: int = 5
+    eval_samples: int = 100
+    figure_dir: str | None = None
+    hidden_dims: tuple[int, ...] | None = None
+    compile: bool | None = None
+    dataset: str | None = None
+    binarize: str | None = None
+    data_dir: str | None = None
+    train_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+def latent_sweep(settings: SweepSettings) -> None:
     from .. import runs
     from ..data import load_dataset
     from ..train import train_and_report
-    from ..cli import train_config
     from ..trainer import RESUMABLE_SETTINGS, resolve_device
 
-    out = Path(args.out)
-    device = resolve_device(args.device)
+    out = Path(settings.out)
+    device = resolve_device(settings.device)
     with runs.claim_run_dir(out):  # the sweep's table and figures; each J's run is claimed in turn
-        configs = [train_config(args, latent_dim=latent_dim,
-                                run_dir=str(out / run_name(latent_dim, args.optimizer, args.lr)))
-                   for latent_dim in args.latent_dims]
+        configs = [train_config_from(settings, latent_dim=latent_dim,
+                                     run_dir=str(out / run_name(latent_dim, settings.optimizer, settings.lr)))
+                   for latent_dim in settings.latent_dims]
         # every earlier run is checked against the settings asked for before any work
         found = [existing_run(Path(c.run_dir), c, RESUMABLE_SETTINGS) for c in configs]
         first = configs[0]
         data = load_dataset(first.dataset, first.binarize, first.data_dir, device, first.train_size)
         for config, state in zip(configs, found):
             run_dir, latent_dim = Path(config.run_dir), config.latent_dim
-            score = score_path_for(run_dir, args.eval_samples, args.device)
-            if state is not None and state["epoch"] == args.epochs and (not args.eval_samples or score.exists()):
+            score = score_path_for(run_dir, settings.eval_samples, settings.device)
+            finished = state is not None and state["epoch"] == settings.epochs
+            if finished and (not settings.eval_samples or score.exists()):
                 print(f"J={latent_dim}: finished run in {run_dir}, skipped")
             else:
                 print(f"J={latent_dim}: {'resuming' if state else 'training'} in {run_dir}")
-                train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
-        results = sweep_results(out, args.eval_samples, args.device, data.test.images)
-        write_sweep(results, out, args.eval_samples, args.figure_dir)
+                train_and_report(config, resume=state is not None, progress=settings.progress, dataset=data)
+        results = sweep_results(out, settings.eval_samples, settings.device, data.test.images)
+        write_sweep(results, out, settings.eval_samples, settings.figure_dir)
 
 
 def active_units(vae, images: torch.Tensor, threshold: float = 1e-2) -> int:

@@ -4,12 +4,12 @@ and the test set's latent means coloured by label."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..cli import UsageError
-from . import existing_run
+from . import existing_run, train_config_from
 
 
 def latent_grid(points_per_side: int) -> torch.Tensor:
@@ -21,47 +21,59 @@ def latent_grid(points_per_side: int) -> torch.Tensor:
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).float()
 
 
-MANIFOLD_TRAINING_FLAGS = {"epochs": 10, "dataset": "mnist", "binarize": None, "train_size": None,
-                           "hidden_dims": [500], "seed": 0, "out": "runs"}
+@dataclass
+class ManifoldSettings:
+    """The manifold recipe: train a J = 2 seed model (or use ``run_dir``, a trained J = 2 run)
+    and draw its manifold with ``grid_size`` images per side. The training settings apply only
+    when it trains; its run is <out>/manifold-<dataset>-J2."""
+
+    run_dir: str | None = None
+    grid_size: int = 20
+    epochs: int = 10
+    dataset: str = "mnist"
+    binarize: str | None = None
+    train_size: int | None = None
+    hidden_dims: tuple[int, ...] = (500,)
+    compile: bool | None = None
+    seed: int = 0
+    out: str = "runs"
+    device: str = "auto"
+    data_dir: str | None = None
+    progress: bool = True
 
 
-def manifold(args) -> None:
+TRAINING_SETTINGS = ("epochs", "dataset", "binarize", "train_size", "hidden_dims", "compile", "seed", "out")
+
+
+def manifold(settings: ManifoldSettings) -> None:
     from .. import runs
     from ..data import load_dataset
     from ..train import train_and_report
-    from ..cli import train_config
     from ..trainer import resolve_device
 
-    device = resolve_device(args.device)
-    if args.run_dir:
-        given = [name for name in MANIFOLD_TRAINING_FLAGS if getattr(args, name) is not None]
-        if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} sets up the run manifold trains; "
-                             "with --run-dir that run's own settings are used")
-        run_dir = Path(args.run_dir)
+    device = resolve_device(settings.device)
+    if settings.run_dir:
+        run_dir = Path(settings.run_dir)
         with runs.claim_run_dir(run_dir):
-            vae, _, data = runs.load_run_and_data(run_dir, device, args.data_dir)
-            _draw_manifold_of(vae, data, run_dir, args.grid_size)
+            vae, _, data = runs.load_run_and_data(run_dir, device, settings.data_dir)
+            _draw_manifold_of(vae, data, run_dir, settings.grid_size)
         return
-    for name, default in MANIFOLD_TRAINING_FLAGS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    run_dir = Path(args.out) / f"manifold-{args.dataset}-J2"
-    config = train_config(args, latent_dim=2, eval_samples=0, run_dir=str(run_dir))
+    run_dir = Path(settings.out) / f"manifold-{settings.dataset}-J2"
+    config = train_config_from(settings, latent_dim=2, eval_samples=0, run_dir=str(run_dir))
     with runs.claim_run_dir(run_dir):
         # a run made here before is reused only with the very same settings (epochs included)
         state = existing_run(run_dir, config, {"device", "data_dir", "run_dir"})
-        data = load_dataset(args.dataset, args.binarize, args.data_dir, device, args.train_size)
-        if state is not None and state["epoch"] == args.epochs:
+        data = load_dataset(settings.dataset, settings.binarize, settings.data_dir, device, settings.train_size)
+        if state is not None and state["epoch"] == settings.epochs:
             print(f"{run_dir} holds this model, trained before with the same settings: redrawing its figures")
         else:
-            train_and_report(config, resume=state is not None, progress=not args.no_progress, dataset=data)
-        _draw_manifold_of(runs.load_run(run_dir, device), data, run_dir, args.grid_size)
+            train_and_report(config, resume=state is not None, progress=settings.progress, dataset=data)
+        _draw_manifold_of(runs.load_run(run_dir, device), data, run_dir, settings.grid_size)
 
 
 def _draw_manifold_of(vae, data, run_dir: Path, grid_size: int) -> None:
     if vae.latent_dim != 2:
-        raise UsageError(f"{run_dir} has a {vae.latent_dim}-D latent; the manifold needs J = 2")
+        raise ValueError(f"{run_dir} has a {vae.latent_dim}-D latent; the manifold needs J = 2")
     paths = draw_manifold(vae, data.test.images, data.test.labels, run_dir, grid_size, _class_names(data.name))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 

@@ -7,62 +7,92 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..cli import UsageError
 from ..model import MODELS
 from ..objectives import objective_label
+from . import train_config_from
 
 PAPER_BATCH_SIZE = 100  # a paper run at another batch size says so in its name
 PAPER_HIDDEN_DIMS, PAPER_LATENT_DIM = (200, 200), 50  # Burda et al.'s 784-200-200-50
 PAPER_OBJECTIVES = ("trace", "iwae", "dreg")  # the VAE, IWAE, and IWAE trained by DReG
 
 
-def paper(args) -> None:
-    """Burda et al.'s benchmark recipe: 784-200-200-50 (``--model burda2``: their two stochastic
+@dataclass
+class PaperSettings:
+    """Burda et al.'s benchmark recipe (see :func:`paper`): the estimator (``elbo`` in
+    PAPER_OBJECTIVES) with ``num_particles`` samples on the net ``model``, for ``epochs`` on the
+    schedule ``lr_schedule`` (fitted to the first ``schedule_epochs`` if given), optionally
+    continuing the paper run ``continue_from``; scored with ``eval_samples`` at the end and
+    ``curve_samples`` per kept snapshot. The run is <out>/paper-..., named by these settings."""
+
+    elbo: str = "trace"
+    model: str = "vae"
+    num_particles: int = 1
+    epochs: int = 3280
+    batch_size: int = PAPER_BATCH_SIZE
+    lr: float = 1e-3
+    lr_schedule: str = "burda"
+    schedule_epochs: int | None = None
+    continue_from: str | None = None
+    ema_decay: float = 0.0
+    eval_samples: int = 5000
+    curve_samples: int = 100
+    out: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    train_size: int | None = None
+    progress: bool = True
+
+
+def paper(settings: PaperSettings) -> None:
+    """Burda et al.'s benchmark recipe: 784-200-200-50 (model burda2: their two stochastic
     layers), trained by the ELBO, IWAE or DReG, on dynamically binarized MNIST, all 60,000
     training images (no validation split), Adam (0.9, 0.999, eps 1e-4), 3^i epochs at
-    1e-3 x 10^(-i/7), i = 0..7 (3,280 epochs; with --epochs N every stage is scaled by N/3280),
+    1e-3 x 10^(-i/7), i = 0..7 (3,280 epochs; with N epochs every stage is scaled by N/3280),
     then IS log p(x) with K = 5000. Weights are kept at the stage ends and at 1, 2, 5, 10, 20, ...
     epochs for the learning curve. Resumes an unfinished run."""
     from .. import runs
     from ..train import train_and_report
     from ..schedules import BURDA_EPOCHS
-    from ..cli import train_config
     from ..trainer import RESUMABLE_SETTINGS
 
-    net = MODELS[args.model].run_prefix  # the one-layer net's runs keep their names
-    name = f"paper-{net}{args.elbo}-{'L' if args.elbo == 'trace' else 'k'}{args.num_particles}"
-    if args.schedule_epochs and args.schedule_epochs >= args.epochs:
-        raise UsageError(f"--schedule-epochs {args.schedule_epochs} must be fewer than --epochs {args.epochs}")
-    if args.epochs != BURDA_EPOCHS or args.lr_schedule != "burda" or args.schedule_epochs:
-        name += f"-{args.epochs}ep" + ("-equal" if args.lr_schedule == "burda-equal" else "")
-        name += str(args.schedule_epochs or "")
-    name += f"-b{args.batch_size}" if args.batch_size != PAPER_BATCH_SIZE else ""
-    name += f"-ema{args.ema_decay:g}" if args.ema_decay else ""
-    run_dir = Path(args.out) / name
-    config = train_config(args, model=args.model, dataset="mnist", binarize="dynamic", valid_size=0,
-                          latent_dim=PAPER_LATENT_DIM,
-                          hidden_dims=PAPER_HIDDEN_DIMS, vectorize_particles=args.num_particles > 1,
-                          ema_decay=args.ema_decay, adam_eps=1e-4, optimizer="adam", run_dir=str(run_dir),
-                          snapshot_epochs=paper_snapshot_epochs(args.epochs, args.lr_schedule, args.schedule_epochs))
+    s = settings
+    if s.elbo not in PAPER_OBJECTIVES:
+        raise ValueError(f"the paper recipe trains {', '.join(PAPER_OBJECTIVES)}, not {s.elbo!r}")
+    net = MODELS[s.model].run_prefix  # the one-layer net's runs keep their names
+    name = f"paper-{net}{s.elbo}-{'L' if s.elbo == 'trace' else 'k'}{s.num_particles}"
+    if s.schedule_epochs and s.schedule_epochs >= s.epochs:
+        raise ValueError(f"schedule_epochs {s.schedule_epochs} must be fewer than the epochs, {s.epochs}")
+    if s.epochs != BURDA_EPOCHS or s.lr_schedule != "burda" or s.schedule_epochs:
+        name += f"-{s.epochs}ep" + ("-equal" if s.lr_schedule == "burda-equal" else "")
+        name += str(s.schedule_epochs or "")
+    name += f"-b{s.batch_size}" if s.batch_size != PAPER_BATCH_SIZE else ""
+    name += f"-ema{s.ema_decay:g}" if s.ema_decay else ""
+    run_dir = Path(s.out) / name
+    config = train_config_from(s, dataset="mnist", binarize="dynamic", valid_size=0, latent_dim=PAPER_LATENT_DIM,
+                               hidden_dims=PAPER_HIDDEN_DIMS, vectorize_particles=s.num_particles > 1,
+                               adam_eps=1e-4, optimizer="adam", run_dir=str(run_dir),
+                               snapshot_epochs=paper_snapshot_epochs(s.epochs, s.lr_schedule, s.schedule_epochs))
     # what the name does not fix (seed, base rate, training images) must match a run resumed here;
     # a continuation (a new name) may also change the schedule, the batch size and the average
     may_change = RESUMABLE_SETTINGS | {"snapshot_epochs"}
-    if args.continue_from:
+    if s.continue_from:
         may_change |= {"schedule_epochs", "lr_schedule", "batch_size", "ema_decay"}
     with runs.claim_run_dir(run_dir):
-        if args.continue_from:
-            copy_run_to_continue(Path(args.continue_from), run_dir, args.epochs, args.model)
+        if s.continue_from:
+            copy_run_to_continue(Path(s.continue_from), run_dir, s.epochs, s.model)
         resume = (run_dir / runs.CHECKPOINT_FILE).exists()
-        print(f"{'resuming' if resume else 'starting'} {run_dir}: {args.elbo} with {args.num_particles} "
-              f"sample(s), {args.epochs} epochs, batch {args.batch_size}")
-        train_and_report(config, resume=resume, progress=not args.no_progress, may_change=may_change)
-        if args.curve_samples:
-            learning_curve(run_dir, args.curve_samples, args.device, args.data_dir, not args.no_progress)
+        print(f"{'resuming' if resume else 'starting'} {run_dir}: {s.elbo} with {s.num_particles} "
+              f"sample(s), {s.epochs} epochs, batch {s.batch_size}")
+        train_and_report(config, resume=resume, progress=s.progress, may_change=may_change)
+        if s.curve_samples:
+            learning_curve(run_dir, s.curve_samples, s.device, s.data_dir, s.progress)
 
 
 def copy_run_to_continue(source: Path, run_dir: Path, epochs: int, model: str = "vae") -> None:
@@ -78,7 +108,7 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int, model: str = 
     names = (runs.CONFIG_FILE, runs.METRICS_FILE, runs.CURVE_FILE, runs.SNAPSHOT_DIR, runs.CHECKPOINT_FILE)
     leftovers = set(names) | {runs.LOCK_FILE, ".copying"}  # a copy cut short is redone
     if run_dir.exists() and any(p.name not in leftovers for p in run_dir.iterdir()):
-        raise UsageError(f"{run_dir} holds files but no {runs.CHECKPOINT_FILE}; move it away first")
+        raise ValueError(f"{run_dir} holds files but no {runs.CHECKPOINT_FILE}; move it away first")
     config_path = source / runs.CONFIG_FILE
     try:
         source_config = json.loads(config_path.read_text())
@@ -86,14 +116,15 @@ def copy_run_to_continue(source: Path, run_dir: Path, epochs: int, model: str = 
         source_config = {}
     if not isinstance(source_config, dict) or source_config.get("hidden_dims") != list(PAPER_HIDDEN_DIMS) \
             or source_config.get("latent_dim") != PAPER_LATENT_DIM:
-        raise UsageError(f"--continue-from {source}: not a paper run (784-200-200-50 with its {runs.CONFIG_FILE})")
+        raise ValueError(f"{source}, the run to continue, is not a paper run (784-200-200-50 with its "
+                         f"{runs.CONFIG_FILE})")
     if source_config.get("model", "vae") != model:
-        raise UsageError(f"--continue-from {source}: a run of --model {source_config.get('model', 'vae')}, "
-                         f"not {model}")
+        raise ValueError(f"{source}, the run to continue, is a run of the model "
+                         f"{source_config.get('model', 'vae')}, not {model}")
     trained = runs.load_checkpoint(source / runs.CHECKPOINT_FILE)["epoch"]
     if trained >= epochs:
-        raise UsageError(f"--continue-from {source}: it has trained {trained} epochs; "
-                         f"ask for more with --epochs (not {epochs})")
+        raise ValueError(f"{source}, the run to continue, has trained {trained} epochs; ask for more "
+                         f"epochs than that (not {epochs})")
     # copied into a staging folder inside the (held) run directory, then moved into place file by
     # file with the checkpoint last: a copy cut short leaves no checkpoint, so it is redone
     staging = run_dir / ".copying"
@@ -128,7 +159,7 @@ def learning_curve(run_dir: Path, num_samples: int = 100, device: str = "auto",
     torch_device = resolve_device(device)
     snapshots = sorted((run_dir / runs.SNAPSHOT_DIR).glob("epoch-*.pt"))
     if not snapshots:
-        raise UsageError(f"{run_dir} kept no weight snapshots ({runs.SNAPSHOT_DIR}/epoch-*.pt)")
+        raise ValueError(f"{run_dir} kept no weight snapshots ({runs.SNAPSHOT_DIR}/epoch-*.pt)")
     with runs.claim_run_dir(run_dir):
         return _learning_curve(run_dir, snapshots, num_samples, torch_device, data_dir, progress)
 
