@@ -259,7 +259,7 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
 
     from . import runs
     from .data import load_dataset
-    from .train import train_and_report
+    from .trainer import train_and_report
 
     data = load_dataset(base.dataset, base.binarize, base.data_dir, device, base.train_size, base.valid_size)
     budgets = [("epochs", {"epochs": base.epochs})]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
@@ -23,8 +24,26 @@ SPLITS = ("test", "valid")
 DEFAULT_IWAE_K, DEFAULT_BATCH_SIZE, DEFAULT_MAX_MEMORY_MB = 50, 100, 1024.0
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a run is scored: K = ``num_samples`` importance samples per image of ``split`` (its
+    first ``limit`` images), the IWAE_k bound with ``iwae_k``, in batches of ``batch_size``
+    images within ``max_memory_mb``, seeded by ``seed``; the ``weights`` scored ("averaged" or
+    "last"), and the seed of a fresh binarization of the images (0: the run's own)."""
+
+    num_samples: int = 5000
+    split: str = "test"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_memory_mb: float = DEFAULT_MAX_MEMORY_MB
+    iwae_k: int = DEFAULT_IWAE_K
+    seed: int = 0
+    limit: int | None = None
+    weights: str = "averaged"
+    binarization_seed: int = 0
+
+
 def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "test",
-                 device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                 device: str = "auto", *, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, iwae_k: int = DEFAULT_IWAE_K, seed: int = 0,
                  limit: int | None = None,
                  data_dir: str | None = None, progress: bool = True, dataset=None,
@@ -49,16 +68,19 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         runs.check_writable_file(out)
     holding = world.is_main and out is None
     with runs.claim_run_dir(run_dir) if holding else contextlib.nullcontext():
-        return _evaluate_run(run_dir, num_samples, split, world, torch_device, batch_size, max_memory_mb,
-                             iwae_k, seed, limit, data_dir, progress, dataset, weights, binarization_seed, out,
-                             trained)
+        scoring = Scoring(num_samples, split, batch_size, max_memory_mb, iwae_k, seed, limit, weights,
+                          binarization_seed)
+        return _evaluate_run(run_dir, scoring, world, torch_device, data_dir, progress, dataset, out, trained)
 
 
-def _evaluate_run(run_dir: Path, num_samples: int, split: str, world, torch_device, batch_size: int,
-                  max_memory_mb: float, iwae_k: int, seed: int, limit: int | None, data_dir: str | None,
-                  progress: bool, dataset, weights: str, binarization_seed: int, out: str | None,
-                  trained: tuple | None) -> dict:
+def _evaluate_run(run_dir: Path, scoring: Scoring, world, torch_device, data_dir: str | None, progress: bool,
+                  dataset, out: str | None, trained: tuple | None) -> dict:
     from .marginal import estimate_per_item, summarize, vae_bytes_per_row
+
+    num_samples, split, batch_size, max_memory_mb = (scoring.num_samples, scoring.split, scoring.batch_size,
+                                                     scoring.max_memory_mb)
+    iwae_k, seed, limit = scoring.iwae_k, scoring.seed, scoring.limit
+    weights, binarization_seed = scoring.weights, scoring.binarization_seed
 
     if trained is not None:
         if dataset is None or binarization_seed or weights != "averaged":

@@ -1,5 +1,6 @@
-"""A training run: its settings (TrainConfig), its optimizer and schedule, and the callbacks
-with which it drives :func:`pyro_vae.fit.fit`.
+"""A training run: its settings (TrainConfig), its optimizer and schedule, the callbacks with
+which it drives :func:`pyro_vae.fit.fit`, and ``train_and_report`` (train, draw the figures,
+score the test set), what ``python -m pyro_vae.train`` runs.
 
 A step is ``elbo.differentiable_loss(vae.model, vae.guide, x).backward(); optimizer.step()``:
 the same gradients as ``pyro.infer.SVI.step`` (a test checks it) without its per-step host
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, runs
 from .data import Dataset, load_dataset
+from .evaluate import DEFAULT_IWAE_K
 from .fit import (Callback, Checkpoint, FitState, Interrupted, TrainingFailed, fit, make_step,  # noqa: F401
                   nonfinite_report)  # make_step and Interrupted re-exported
 from .model import VAE, build_model
@@ -521,3 +523,40 @@ def _quiet(_: str) -> None:
 
 def _versions() -> dict:
     return {"torch": torch.__version__, "pyro": pyro.__version__, "python": sys.version.split()[0]}
+
+
+def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+                     progress: bool = True, dataset=None, may_change=RESUMABLE_SETTINGS,
+                     iwae_k: int = DEFAULT_IWAE_K, eval_limit: int | None = None) -> dict:
+    """Train, draw the run's figures, and score the test set by importance sampling (log p(x) with
+    ``config.eval_samples`` samples, the IWAE_k bound with ``iwae_k`` and the ELBO from the same
+    samples; only the first ``eval_limit`` test images if given), holding the run directory (one
+    writer) from before the data is read to the end."""
+    world, _ = world_and_device(config.device)
+    with runs.claim_run_dir(config.run_dir) if world.is_main else contextlib.nullcontext():
+        return _train_and_report(config, world, resume, overwrite, progress, dataset, may_change, iwae_k,
+                                 eval_limit)
+
+
+def _train_and_report(config: TrainConfig, world, resume: bool, overwrite: bool, progress: bool,
+                      dataset, may_change, iwae_k: int, eval_limit: int | None) -> dict:
+    from .evaluate import evaluate_run, format_summary
+    from .plots import draw_run_figures, run_title
+
+    # train checks the run directory and a resumed run's settings before it reads the data
+    trained = train(config, dataset, resume=resume, overwrite=overwrite,
+                    progress=progress and world.is_main, may_change=may_change)
+    history, dataset = trained.history, trained.dataset
+    say = print if world.is_main else (lambda *_: None)
+    if world.is_main:
+        figures = draw_run_figures(trained.model, history, dataset.test.images, Path(config.run_dir),
+                                   run_title(config.to_dict()))
+        say(f"figures: {', '.join(str(f) for f in figures)}")
+    report = None
+    if config.eval_samples:  # the model in memory: no reload from disk to score it
+        report = evaluate_run(config.run_dir, config.eval_samples, "test", config.device,
+                              progress=progress and world.is_main, dataset=dataset, iwae_k=iwae_k,
+                              limit=eval_limit, trained=(trained.model, config.to_dict()))
+        say(format_summary(report))
+    say(f"run directory: {config.run_dir}")
+    return {"history": history, "eval": report}

@@ -105,7 +105,7 @@ def test_another_binarization_draw_of_the_test_set_is_scored_apart(tmp_path, dat
 def test_the_trained_model_is_scored_from_memory_with_the_numbers_a_reload_gives(tmp_path, monkeypatch):
     from pyro_vae import runs
     from pyro_vae.evaluate import evaluate_run
-    from pyro_vae.train import train_and_report
+    from pyro_vae.trainer import train_and_report
 
     run, data = tmp_path / "run", synthetic_dataset()
     config = TrainConfig(run_dir=str(run), epochs=2, batch_size=16, hidden_dims=(8,), latent_dim=2, eval_samples=5,

@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UsageError(f"unknown --split {args.split!r}; choose from {', '.join(SPLITS)}")
     if not Path(args.run_dir).is_dir():
         raise UsageError(f"{args.run_dir} is not a directory")
-    report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, args.batch_size,
-                          args.max_memory_mb, args.iwae_k, args.seed, args.limit, args.data_dir,
-                          progress=not args.no_progress, weights=args.weights,
+    report = evaluate_run(args.run_dir, args.num_samples, args.split, args.device, batch_size=args.batch_size,
+                          max_memory_mb=args.max_memory_mb, iwae_k=args.iwae_k, seed=args.seed, limit=args.limit,
+                          data_dir=args.data_dir, progress=not args.no_progress, weights=args.weights,
                           binarization_seed=args.binarization_seed, out=args.out)
     if distributed.current_world().is_main:
         print(format_summary(report))

@@ -15,7 +15,7 @@ from typing import Sequence
 from .. import distributed, runs
 from ..model import MODELS
 from ..objectives import OBJECTIVES, make_elbo, takers
-from ..train import train_and_report
+from ..trainer import train_and_report
 from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, changed_setting
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_float,
                positive_int, run_main, train_config)

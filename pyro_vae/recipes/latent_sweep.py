@@ -61,7 +61,7 @@ class SweepSettings:
 def latent_sweep(settings: SweepSettings) -> None:
     from .. import runs
     from ..data import load_dataset
-    from ..train import train_and_report
+    from ..trainer import train_and_report
     from ..trainer import RESUMABLE_SETTINGS, resolve_device
 
     out = Path(settings.out)

@@ -48,7 +48,7 @@ TRAINING_SETTINGS = ("epochs", "dataset", "binarize", "train_size", "hidden_dims
 def manifold(settings: ManifoldSettings) -> None:
     from .. import runs
     from ..data import load_dataset
-    from ..train import train_and_report
+    from ..trainer import train_and_report
     from ..trainer import resolve_device
 
     device = resolve_device(settings.device)

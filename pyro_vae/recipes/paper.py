@@ -58,7 +58,7 @@ def paper(settings: PaperSettings) -> None:
     then IS log p(x) with K = 5000. Weights are kept at the stage ends and at 1, 2, 5, 10, 20, ...
     epochs for the learning curve. Resumes an unfinished run."""
     from .. import runs
-    from ..train import train_and_report
+    from ..trainer import train_and_report
     from ..schedules import BURDA_EPOCHS
     from ..trainer import RESUMABLE_SETTINGS
 
