@@ -186,3 +186,43 @@ def test_a_registered_objective_is_made_by_name_with_every_setting():
         assert "my-trace" in build_parser().parse_args(["--elbo", "my-trace"]).elbo
     finally:
         del OBJECTIVES["my-trace"]
+
+
+def test_an_estimator_is_one_class_and_one_registration():
+    """docs/design.md's recipe: a PerItemELBO subclass with an option, registered once, is made,
+    checked, labelled and offered by the commands from its record."""
+    from pyro_vae.cli.compare import parse_estimators
+    from pyro_vae.cli.train import build_parser
+    from pyro_vae.estimators import PerItemELBO
+    from pyro_vae.objectives import objective_label
+
+    class TemperedIWAE(PerItemELBO):
+        name = "tempered"
+
+        def __init__(self, num_particles=1, max_plate_nesting=1, temperature=1.0):
+            super().__init__(num_particles, max_plate_nesting)
+            self.temperature = temperature
+
+        def differentiable_loss(self, model, guide, *args, **kwargs):
+            w = self.weights(model, guide, args, kwargs)
+            log_w = (w.log_p - w.log_q) / self.temperature
+            return -w.scale * self.temperature * (log_w.logsumexp(0) - math.log(self.num_particles)).sum()
+
+    def factory(num_particles, vectorize, jit, max_plate_nesting, temperature=1.0):
+        return TemperedIWAE(num_particles, max_plate_nesting, temperature)
+
+    register_objective("tempered", factory, {"temperature": 1.0})
+    try:
+        vae, x = small_vae(), images()
+        pyro.set_rng_seed(2)
+        ours = make_elbo("tempered", 4, temperature=1.0).differentiable_loss(vae.model, vae.guide, x)
+        pyro.set_rng_seed(2)
+        iwae = make_elbo("iwae", 4, vectorize=True).differentiable_loss(vae.model, vae.guide, x)
+        assert torch.allclose(ours, iwae, rtol=1e-6)  # at temperature 1 it is IWAE, draw for draw
+        with pytest.raises(ValueError, match="takes no option 'beta' \\(ciwae takes it\\)"):
+            make_elbo("tempered", 4, beta=0.5)
+        assert objective_label("tempered", 4) == "tempered K=4"
+        assert build_parser().parse_args(["--elbo", "tempered"]).elbo == "tempered"
+        assert parse_estimators("tempered:3")[0].particles == 3
+    finally:
+        del OBJECTIVES["tempered"]
