@@ -33,9 +33,26 @@ from torchvision.datasets.utils import check_integrity
 from .model import NUM_PIXELS
 from .seeds import derived_seed
 
-DATASETS = ("mnist", "fashion-mnist", "binarized-mnist")
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the package needs to know of a data set: its binarization when none is
+    asked for, the shape of an image (its pixels are stored flat), and its class names (None:
+    the labels are the digits)."""
+
+    default_binarization: str
+    image_shape: tuple[int, int] = (28, 28)
+    class_names: tuple[str, ...] | None = None
+
+
+DATASET_INFO = {
+    "mnist": DatasetInfo("none"),
+    "fashion-mnist": DatasetInfo("none", class_names=tuple(tv_datasets.FashionMNIST.classes)),
+    "binarized-mnist": DatasetInfo("static"),
+}
+DATASETS = tuple(DATASET_INFO)
 BINARIZATIONS = ("none", "dynamic", "static")
-DEFAULT_BINARIZATION = {"mnist": "none", "fashion-mnist": "none", "binarized-mnist": "static"}
+DEFAULT_BINARIZATION = {name: info.default_binarization for name, info in DATASET_INFO.items()}
 DEFAULT_VALID_SIZE = 10_000
 EVAL_BINARIZATION_SEED = 0  # fixed: dynamically binarized valid/test sets are the same everywhere
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -39,12 +40,16 @@ PRIOR_SEED = 0  # prior_samples.png shows the same draws of z every time it is d
 
 
 def digit_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
-    """(N, 784) pixel intensities as one (3, H, W) image of 28x28 digits, ``nrow`` to a row."""
-    return make_grid(images.detach().reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+    """(N, D) pixel intensities of square images (D = 784: 28 x 28) as one (3, H, W) image,
+    ``nrow`` to a row."""
+    side = math.isqrt(images.shape[-1])
+    if side * side != images.shape[-1]:
+        raise ValueError(f"images of {images.shape[-1]} pixels are not square")
+    return make_grid(images.detach().reshape(-1, 1, side, side).cpu(), nrow=nrow, padding=padding, pad_value=1.0)
 
 
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int, title: str | None = None) -> None:
-    """(N, 784) pixel intensities in [0, 1] as a grid of 28x28 digits, each about 84 pixels wide."""
+    """(N, D) pixel intensities in [0, 1] as a grid of square images, each about 84 pixels wide."""
     grid = digit_grid(images, nrow)
     width = nrow * 0.6 + 0.3
     fig, ax = plt.subplots(figsize=(width, grid.shape[1] / grid.shape[2] * nrow * 0.6 + 0.5))

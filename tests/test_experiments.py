@@ -218,3 +218,14 @@ def test_paper_recipe_trains_dreg_on_the_two_layer_net(tmp_path, data_dir, monke
     figure = tmp_path / "curve.png"
     experiments.main(["paper-figure", str(run_dir), "--out", str(figure)])
     assert_drawn(figure)
+
+
+def test_image_grids_take_any_square_images_and_refuse_others():
+    from pyro_vae.data import DATASET_INFO
+    from pyro_vae.plots import digit_grid
+
+    grid = digit_grid(torch.rand(6, 16 * 16), nrow=3, padding=0)
+    assert grid.shape == (3, 2 * 16, 3 * 16)
+    with pytest.raises(ValueError, match="not square"):
+        digit_grid(torch.rand(2, 15), nrow=2)
+    assert DATASET_INFO["fashion-mnist"].class_names[0] == "T-shirt/top" and DATASET_INFO["mnist"].class_names is None

@@ -79,11 +79,10 @@ def _draw_manifold_of(vae, data, run_dir: Path, grid_size: int) -> None:
 
 
 def _class_names(dataset: str) -> list[str] | None:
-    if dataset == "fashion-mnist":
-        from torchvision.datasets import FashionMNIST
+    from ..data import DATASET_INFO
 
-        return list(FashionMNIST.classes)
-    return None
+    names = DATASET_INFO[dataset].class_names if dataset in DATASET_INFO else None
+    return list(names) if names else None
 
 
 @torch.no_grad()
@@ -96,7 +95,8 @@ def _plot_manifold(means: torch.Tensor, grid_size: int, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ticks = list(range(0, grid_size, max(1, grid_size // 5))) + [grid_size - 1]
-    centres = [28 * (i + 0.5) for i in ticks]
+    side = grid.shape[-1] // grid_size  # an image's width in the grid
+    centres = [side * (i + 0.5) for i in ticks]
     ax.set_xticks(centres, [f"{z[i]:.2f}" for i in ticks])
     ax.set_yticks(centres, [f"{-z[i]:.2f}" for i in ticks])  # rows run from high z_2 to low
     ax.set_xlabel("$z_1$")
