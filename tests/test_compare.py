@@ -153,3 +153,29 @@ def test_training_mode_trains_each_estimator_and_reports_its_bounds(data_dir, tm
     assert "reused" not in capsys.readouterr().out
     assert "K=12" in (out / "comparison.md").read_text()
     assert (out / "learning_curves.png").exists() and (out / "miwae-2x2-epochs" / "checkpoint.pt").exists()
+
+
+def test_fixed_model_mode_scores_a_committed_run_end_to_end(tmp_path, data_dir, monkeypatch, capsys):
+    """The command on the benchmark's VAE: one row per estimator in comparison.json, the bounds
+    ordered as they must be (ELBO <= IWAE_5, on the same images), and the table and figures."""
+    import json
+    from pathlib import Path
+
+    from tests.conftest import assert_drawn
+
+    monkeypatch.setenv("PYRO_VAE_DATA", str(data_dir))
+    run = Path(__file__).resolve().parents[1] / "results" / "paper-trace-L1-21000ep-equal1800-ema0.9999"
+    out = tmp_path / "comparison"
+    status, err = call(compare_cli.main, [str(run), "--estimators", "trace:1,iwae:5,dreg:5", "--num-images", "40",
+                                          "--grad-batch", "8", "--repeats", "4", "--out", str(out)], capsys)
+    assert status == 0, err
+    report = json.loads((out / "comparison.json").read_text())
+    rows = {r["label"]: r for r in report["estimators"]}
+    assert list(rows) == ["trace L=1", "iwae K=5", "dreg K=5"]
+    assert rows["trace L=1"]["bound_mean"] < rows["iwae K=5"]["bound_mean"] < 0
+    # the same draws: the same bound, up to float32 summation order
+    assert rows["dreg K=5"]["bound_mean"] == pytest.approx(rows["iwae K=5"]["bound_mean"], abs=1e-4)
+    assert (out / "comparison.md").read_text().count("\n| ") >= 3
+    for png in out.glob("*.png"):
+        assert_drawn(png)
+    assert list(out.glob("*.png")), "no figure written"
