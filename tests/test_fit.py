@@ -134,3 +134,36 @@ def test_the_loss_watch_stops_on_the_first_non_finite_loss_whenever_it_reads(syn
     # with sync_every 3 the losses are read at steps 3 and 6 only: the NaN of step 5 is found at 6
     assert state.step == (4 if sync_every == 1 else 5)
     assert reads == ([True] * 4 if sync_every == 1 else [False, False, True, False, False])
+
+
+def test_a_time_budget_stops_mid_epoch_and_counts_the_epochs_before_a_resume(monkeypatch):
+    """TimeBudget on a fake clock: each step takes 1 s; a budget of 5.5 s closes the first epoch
+    (10 steps of 24 items) after its sixth step; a resumed run's earlier epochs count against it."""
+    import sys
+
+    from pyro_vae.trainer import TimeBudget
+
+    fit_module = sys.modules["pyro_vae.fit"]
+    clock = {"now": 0.0}
+    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: clock["now"])
+
+    class Tick(pyro_vae.Callback):
+        def on_step_end(self, state):
+            clock["now"] += 1.0
+
+    module, optimizer = fresh()
+    # Tick first: the budget then sees the step's second
+    state = pyro_vae.fit(module, data(), pyro_vae.make_elbo("trace"), epochs=3, batch_size=24, optimizer=optimizer,
+                         callbacks=[Tick(), TimeBudget(5.5)])
+    assert [row["images_seen"] for row in state.history] == [6 * 24]
+    budget = TimeBudget(6.0)
+    budget.spent = 0.0
+    state.history = [{"epoch_seconds": 4.0}]  # as a resumed run's history
+    budget.on_fit_start(state)
+    assert budget.spent == 4.0
+    state.stop = False
+    budget.on_epoch_start(state)
+    assert not state.stop
+    budget.on_epoch_end(state, {"epoch_seconds": 2.0})
+    budget.on_epoch_start(state)
+    assert state.stop  # 4 + 2 s spent: no further epoch starts
