@@ -1,0 +1,93 @@
+"""Annealed importance sampling of log p(x): importance sampling at one step, the exact log p(x)
+of a linear-Gaussian model as the steps grow, step sizes that adapt, refusals by site name."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae import ais_log_likelihood
+from pyro_vae.ais import ais_schedule
+from pyro_vae.marginal import batch_seed, log_importance_weights
+from pyro_vae.seeds import forked_rng
+from tests.test_estimators import DATA, LinearGaussian, float64  # noqa: F401 (float64: autouse fixture)
+
+
+def exact_log_px(program: LinearGaussian) -> torch.Tensor:
+    W, b = program.decoder["W"].detach(), program.decoder["b"].detach()
+    return dist.MultivariateNormal(b, W @ W.T + program.noise**2 * torch.eye(3)).log_prob(DATA)
+
+
+def test_one_step_from_the_guide_is_importance_sampling_with_the_same_draws():
+    program = LinearGaussian(exact=False)
+    result = ais_log_likelihood(program.model, program.guide, DATA, num_chains=8, num_steps=1, seed=3)
+    with forked_rng(DATA.device):
+        torch.manual_seed(batch_seed(3, 0))  # the first batch's stream, as AIS draws it
+        log_w = log_importance_weights(program.model, program.guide, DATA, 8)
+    assert torch.allclose(result.log_weights, log_w.double(), rtol=1e-12, atol=0)
+    assert torch.allclose(result.log_px, log_w.logsumexp(0) - math.log(8))
+
+
+@pytest.mark.parametrize("init", ["guide", "prior"])
+def test_ais_reaches_the_exact_log_likelihood_of_a_linear_gaussian_model(init):
+    """With more intermediate densities the chains' log-weights agree more (their spread falls
+    toward 0, where each one is log p(x)), and the estimate is the exact value within its Monte
+    Carlo error."""
+    program = LinearGaussian(exact=False)
+    exact = exact_log_px(program)
+    spread = {}
+    for steps in (1, 30, 300):
+        result = ais_log_likelihood(program.model, program.guide, DATA, num_chains=16, num_steps=steps,
+                                    leapfrog_steps=5, init=init, seed=1)
+        spread[steps] = result.log_weights.std(0)
+    assert (spread[300] < spread[30]).all() and (spread[30] < spread[1]).all(), spread
+    error = (result.log_px - exact).abs()
+    assert (error < 4 * spread[300] / math.sqrt(16) + 0.01).all(), (error, spread[300])
+    # from the prior the chains start far from the posterior: at these settings they spread more
+    assert error.mean() < (0.05 if init == "guide" else 0.25), error
+
+
+def test_step_sizes_adapt_toward_the_target_acceptance():
+    program = LinearGaussian(exact=False)
+    large = ais_log_likelihood(program.model, program.guide, DATA, num_chains=4, num_steps=60, leapfrog_steps=3,
+                               step_size=3.0)
+    small = ais_log_likelihood(program.model, program.guide, DATA, num_chains=4, num_steps=60, leapfrog_steps=3,
+                               step_size=0.001)
+    assert (large.step_size < 3.0).all() and (small.step_size > 0.001).all()
+    assert 0.3 < large.summary()["acceptance_mean"] < 0.95 and small.acceptance.min() > 0.9
+
+
+def test_schedules():
+    assert torch.allclose(ais_schedule("linear", 4), torch.tensor([0, 0.25, 0.5, 0.75, 1], dtype=torch.float64))
+    sigmoid = ais_schedule("sigmoid", 10)
+    assert sigmoid[0] == 0 and sigmoid[-1] == 1 and (sigmoid[1:] > sigmoid[:-1]).all()
+    assert sigmoid[1] < 0.1 * 0.5  # denser near both ends than a linear schedule
+    assert torch.equal(ais_schedule([0, 0.3, 1], 99), torch.tensor([0, 0.3, 1], dtype=torch.float64))
+    with pytest.raises(ValueError, match="increase strictly from 0 to 1"):
+        ais_schedule([0, 0.5, 0.4, 1], 3)
+
+
+def test_refusals_name_the_site():
+    program = LinearGaussian(exact=False)
+
+    def positive_guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.LogNormal(torch.zeros(len(x), 2), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="latent site 'z' has support"):
+        ais_log_likelihood(program.model, positive_guide, DATA, num_chains=2, num_steps=2)
+
+    def global_model(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(shift, 1.0).expand([len(x), 3]).to_event(1), obs=x)
+
+    def global_guide(x):
+        pyro.sample("shift", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="site 'shift' is not in the data plate"):
+        ais_log_likelihood(global_model, global_guide, DATA, num_chains=2, num_steps=2)
+    with pytest.raises(ValueError, match="init must be"):
+        ais_log_likelihood(program.model, program.guide, DATA, init="posterior")
