@@ -22,7 +22,9 @@ model and guide run on given values (``poutine.condition``), items and chains ve
 the "particles" plate, each term checked to be per item (program_check.py). An HMC transition
 takes ``leapfrog_steps`` steps, each with one evaluation of both densities and their gradient;
 the accept test and the next weight increment reuse the values at the last position. Step
-sizes are per item and chain, moved after each transition toward ``target_accept``.
+sizes are per item and intermediate density, set by a pilot run that moves them after each
+transition toward ``target_accept``: a step size tuned on the counted chains' own history
+would bias their weights (measured: BDMC's reverse bound fell below the exact log p(x)).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch.distributions import constraints
 
 from .marginal import batch_seed, mean_and_stderr, per_item_log_density
 from .program_check import Requirements, check_program, particles_plate, sample_sites
-from .seeds import forked_rng
+from .seeds import derived_seed, forked_rng
 
 ADAPT_RATE = 0.1  # log step size moves by this times (acceptance - target) after each transition
 
@@ -64,7 +66,8 @@ def ais_schedule(schedule: str | Sequence[float], num_steps: int) -> torch.Tenso
 @dataclass
 class AISResult:
     """Per-item AIS estimates: ``log_px`` (float64, one per item), the chains' ``log_weights``
-    (chains, items), each item's mean HMC ``acceptance`` and the chains' final step sizes."""
+    (chains, items), each item's mean HMC ``acceptance`` and its ``step_size`` at each
+    intermediate density (steps, items), from the pilot run."""
 
     log_px: torch.Tensor
     log_weights: torch.Tensor
@@ -179,18 +182,31 @@ def _kinetic(momenta: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def ais_batch(model: Callable, guide: Callable, x: torch.Tensor, args: tuple, kwargs: dict, *, num_chains: int,
               betas: torch.Tensor, leapfrog_steps: int, init: str, target_accept: float, step_size: float,
-              max_plate_nesting: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log weights (chains, items) float64, mean acceptance per item, final step sizes) of AIS
-    on one batch ``x`` of items."""
+              max_plate_nesting: int, start: dict[str, torch.Tensor] | None = None,
+              step_sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log weights (chains, items) float64, mean acceptance per item, step sizes (steps, items))
+    of AIS on one batch ``x`` of items. ``start`` (latent values, (chains, items, ...)) replaces
+    the draws of f_0: with ``betas`` from 1 to 0 and ``start`` drawn from the posterior, this is
+    reverse AIS, whose weights estimate 1 / p(x).
+
+    Without ``step_sizes`` each item's step size adapts after every transition toward
+    ``target_accept`` (from its chains' mean acceptance) and the sizes used are returned; that
+    run is a pilot, since a kernel tuned on the chains' own history biases their weights. With
+    ``step_sizes`` (from a pilot) they are fixed in advance and the weights are unbiased."""
     full_args = (x, *args)
-    values = _initial_values(model, guide, full_args, kwargs, num_chains, max_plate_nesting, init)
+    values = start if start is not None else _initial_values(model, guide, full_args, kwargs, num_chains,
+                                                             max_plate_nesting, init)
     densities = _Densities(model, guide, full_args, kwargs, num_chains, max_plate_nesting, len(x), init)
     log_w = torch.zeros(num_chains, len(x), dtype=torch.float64, device=x.device)
     eps = torch.full((num_chains, len(x)), step_size, dtype=torch.float64, device=x.device)
+    used = []
     accepted = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     state = densities.evaluate(values)
     for t in range(1, len(betas)):
         beta = float(betas[t])
+        if step_sizes is not None:
+            eps = step_sizes[t - 1].to(eps).expand(num_chains, -1)
+        used.append(eps[0])
         log_w += (betas[t] - betas[t - 1]).item() * state.increment.double()  # at the current z
         momenta = {k: torch.randn_like(v) for k, v in values.items()}
         start_h = state.energy(beta) + _kinetic(momenta)
@@ -209,8 +225,30 @@ def ais_batch(model: Callable, guide: Callable, x: torch.Tensor, args: tuple, kw
         values = {k: torch.where(_broadcast(accept, v).bool(), position[k], v) for k, v in values.items()}
         state = new.where(accept, state)  # the accept test and the next increment reuse these
         accepted += accept_prob.mean(0)
-        eps = eps * torch.exp(ADAPT_RATE * (accept_prob - target_accept))
-    return log_w, accepted / max(1, len(betas) - 1), eps
+        if step_sizes is None:  # one size per item, from its chains' mean acceptance
+            eps = eps * torch.exp(ADAPT_RATE * (accept_prob.mean(0, keepdim=True) - target_accept))
+    return log_w, accepted / max(1, len(betas) - 1), torch.stack(used)
+
+
+PILOT_STREAM = 2**40  # the pilot runs' random streams, apart from every batch's own
+
+
+def ais_with_pilot(model: Callable, guide: Callable, x: torch.Tensor, args: tuple, kwargs: dict, seed: int,
+                   batch_index: int, num_chains: int, **settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AIS on one batch in two runs: a pilot of a quarter of the chains (at least 2) that adapts
+    each item's step size, then the run whose weights count, with the pilot's sizes fixed. The
+    pilot draws from a stream of its own, so the counted run draws what AIS without a pilot
+    would (at one step: importance sampling's draws)."""
+    start = settings.pop("start", None)
+    torch.manual_seed(derived_seed(seed, PILOT_STREAM + batch_index))
+    pilot_chains = max(2, num_chains // 4)
+    pilot_start = None if start is None else {k: v[:1].expand(pilot_chains, *v.shape[1:]).clone()
+                                              for k, v in start.items()}
+    _, _, step_sizes = ais_batch(model, guide, x, args, kwargs, num_chains=pilot_chains, start=pilot_start,
+                                 **settings)
+    torch.manual_seed(batch_seed(seed, batch_index))
+    return ais_batch(model, guide, x, args, kwargs, num_chains=num_chains, start=start, step_sizes=step_sizes,
+                     **settings)
 
 
 def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *args, num_chains: int = 16,
@@ -247,12 +285,78 @@ def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *ar
     parts = []
     with forked_rng(data.device):
         for index, begin in enumerate(range(0, len(data), batch_size)):
-            torch.manual_seed(batch_seed(seed, index))
-            parts.append(ais_batch(model, guide, data[begin:begin + batch_size], args, kwargs, num_chains=num_chains,
-                                   betas=betas, leapfrog_steps=leapfrog_steps, init=init,
-                                   target_accept=target_accept, step_size=step_size,
-                                   max_plate_nesting=max_plate_nesting))
+            parts.append(ais_with_pilot(model, guide, data[begin:begin + batch_size], args, kwargs, seed, index,
+                                        num_chains, betas=betas, leapfrog_steps=leapfrog_steps, init=init,
+                                        target_accept=target_accept, step_size=step_size,
+                                        max_plate_nesting=max_plate_nesting))
     log_w = torch.cat([p[0] for p in parts], dim=1)
     return AISResult(log_px=log_w.logsumexp(0) - math.log(num_chains), log_weights=log_w,
                      acceptance=torch.cat([p[1] for p in parts]), step_size=torch.cat([p[2] for p in parts], dim=1),
                      num_chains=num_chains, num_steps=len(betas) - 1)
+
+
+@dataclass
+class BDMCResult:
+    """Bidirectional Monte Carlo on items simulated from the model: per item, forward AIS's
+    ``lower`` and reverse AIS's ``upper`` stochastic bounds on log p(x), and the items (``data``)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    data: torch.Tensor
+
+    @property
+    def gap(self) -> float:
+        """The mean of upper - lower: for data like the model's own, a stochastic upper bound on
+        the error of AIS at these settings."""
+        return (self.upper - self.lower).mean().item()
+
+
+def _simulate(model: Callable, data: torch.Tensor, args: tuple, kwargs: dict, max_plate_nesting: int):
+    """Items (x, z) drawn from the model itself: its observed site becomes x, its latent sites z."""
+    conditioned = poutine.trace(model).get_trace(data, *args, **kwargs)
+    observed = [name for name, site in sample_sites(conditioned) if site["is_observed"]]
+    if len(observed) != 1:
+        raise ValueError(f"BDMC simulates the data from the model's one observed site; it has {len(observed)} "
+                         f"({', '.join(observed) or 'none'})")
+    trace = poutine.trace(poutine.uncondition(model)).get_trace(data, *args, **kwargs)
+    x = trace.nodes[observed[0]]["value"].detach()
+    latents = {name: site["value"].detach() for name, site in sample_sites(trace) if name != observed[0]}
+    return x, latents
+
+
+def bdmc(model: Callable, guide: Callable, data: torch.Tensor, *args, num_items: int = 100, num_chains: int = 16,
+         num_steps: int = 100, leapfrog_steps: int = 10, init: str = "guide",
+         schedule: str | Sequence[float] = "sigmoid", target_accept: float = 0.65, step_size: float = 0.1,
+         seed: int = 0, max_plate_nesting: int = 1, batch_size: int = 100, **kwargs) -> BDMCResult:
+    """Grosse et al.'s bidirectional Monte Carlo (2015; Wu et al. 2017 for decoder-based models).
+
+    ``num_items`` items are simulated from the model (``data`` gives only their shape and the
+    arguments): z from the prior, x from p(x|z). Forward AIS from f_0 gives a stochastic lower
+    bound on each log p(x); reverse AIS, started at the simulated z (an exact posterior draw
+    for that x) and run from β = 1 to 0, a stochastic upper bound (its weights estimate
+    1 / p(x)). Their mean gap bounds the error of AIS at these settings on data like the
+    model's own. The AIS settings are :func:`ais_log_likelihood`'s.
+    """
+    if num_items < 1 or num_items > len(data):
+        raise ValueError(f"num_items must be between 1 and the {len(data)} items of data, got {num_items}")
+    betas = ais_schedule(schedule, num_steps)
+    with forked_rng(data.device), torch.no_grad():
+        torch.manual_seed(seed)
+        simulated, latents = _simulate(model, data[:num_items], args, kwargs, max_plate_nesting)
+    lower = ais_log_likelihood(model, guide, simulated, *args, num_chains=num_chains, num_steps=num_steps,
+                               leapfrog_steps=leapfrog_steps, init=init, schedule=schedule,
+                               target_accept=target_accept, step_size=step_size, seed=seed,
+                               max_plate_nesting=max_plate_nesting, batch_size=batch_size, **kwargs)
+    uppers = []
+    with forked_rng(data.device):
+        for index, begin in enumerate(range(0, num_items, batch_size)):
+            x = simulated[begin:begin + batch_size]
+            # every chain starts at the item's simulated z (the data plate is each latent's first dim)
+            start = {k: v[begin:begin + batch_size].unsqueeze(0).expand(num_chains, -1, *v.shape[1:]).clone()
+                     for k, v in latents.items()}
+            log_w, _, _ = ais_with_pilot(model, guide, x, args, kwargs, seed + 1, index, num_chains,
+                                         betas=betas.flip(0), leapfrog_steps=leapfrog_steps, init=init,
+                                         target_accept=target_accept, step_size=step_size,
+                                         max_plate_nesting=max_plate_nesting, start=start)
+            uppers.append(-(log_w.logsumexp(0) - math.log(num_chains)))
+    return BDMCResult(lower=lower.log_px, upper=torch.cat(uppers), data=simulated)

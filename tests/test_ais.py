@@ -55,7 +55,8 @@ def test_step_sizes_adapt_toward_the_target_acceptance():
                                step_size=3.0)
     small = ais_log_likelihood(program.model, program.guide, DATA, num_chains=4, num_steps=60, leapfrog_steps=3,
                                step_size=0.001)
-    assert (large.step_size < 3.0).all() and (small.step_size > 0.001).all()
+    assert large.step_size.shape == (60, len(DATA))
+    assert (large.step_size[-1] < 3.0).all() and (small.step_size[-1] > 0.001).all()
     assert 0.3 < large.summary()["acceptance_mean"] < 0.95 and small.acceptance.min() > 0.9
 
 
@@ -91,3 +92,20 @@ def test_refusals_name_the_site():
         ais_log_likelihood(global_model, global_guide, DATA, num_chains=2, num_steps=2)
     with pytest.raises(ValueError, match="init must be"):
         ais_log_likelihood(program.model, program.guide, DATA, init="posterior")
+
+
+def test_bdmc_bounds_meet_the_exact_log_likelihood_and_their_gap_shrinks_with_more_steps():
+    from pyro_vae import bdmc
+
+    program = LinearGaussian(exact=False)
+    data = torch.zeros(12, 3)  # only the shape and count of the items to simulate
+    results = {steps: bdmc(program.model, program.guide, data, num_items=12, num_chains=8, num_steps=steps,
+                           leapfrog_steps=5, seed=4) for steps in (5, 200)}
+    W, b = program.decoder["W"].detach(), program.decoder["b"].detach()
+    fine = results[200]
+    exact = dist.MultivariateNormal(b, W @ W.T + program.noise**2 * torch.eye(3)).log_prob(fine.data)
+    assert torch.equal(results[5].data, fine.data) and not torch.equal(fine.data, data)  # the same simulated items
+    coarse = results[5]
+    for bound in (fine.lower, fine.upper):  # at 200 steps both meet the exact value, within Monte Carlo error
+        assert abs((bound - exact).mean()) < 0.05, (bound - exact).mean()
+    assert abs(fine.gap) < 0.3 * coarse.gap, (fine.gap, coarse.gap)
