@@ -26,7 +26,7 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_thread_flag, apply_thread_flag, describe_machine, synchronize, write_section  # noqa: E402
+from common import describe_machine, parse_bench_args, synchronize, write_section  # noqa: E402
 from reference_vae import ReferenceVAE, compiled_step  # noqa: E402
 
 import pyro_vae  # noqa: E402
@@ -106,12 +106,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=50_000)
     parser.add_argument("--elbo", choices=["trace", "iwae"], default="trace")
     parser.add_argument("--particles", type=int, default=1, help="L, or k for iwae (1)")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
-    add_thread_flag(parser)
-    args = parser.parse_args()
-    threads_flag = apply_thread_flag(args)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    args, threads_flag, device = parse_bench_args(parser)
     train = torch.bernoulli(torch.full((args.train_size, 784), 0.13, device=device))
     test = torch.bernoulli(torch.full((10_000, 784), 0.13, device=device))
     pyro.clear_param_store()

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_thread_flag, apply_thread_flag, describe_machine, interleaved_step_times, median_ms, write_section,
+    describe_machine, interleaved_step_times, median_ms, parse_bench_args, write_section,
 )
 
 from pyro_vae.model import VAE  # noqa: E402
@@ -47,12 +47,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--particles", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
-    add_thread_flag(parser)
-    args = parser.parse_args()
-    threads_flag = apply_thread_flag(args)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    args, threads_flag, device = parse_bench_args(parser)
     x = torch.bernoulli(torch.full((100, 784), 0.13, device=device))
 
     lines = ["| K | estimator | median ms/step | base | ratio to base | target |", "|---:|---|---:|---|---:|---:|"]

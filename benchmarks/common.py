@@ -66,6 +66,17 @@ def apply_thread_flag(args) -> str:
     return ""
 
 
+def parse_bench_args(parser) -> tuple:
+    """(args, the --threads flag for the docs' command line, the torch device), with the
+    --no-write and --threads flags every benchmark takes, torch's seed set to 0."""
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    add_thread_flag(parser)
+    args = parser.parse_args()
+    threads_flag = apply_thread_flag(args)
+    torch.manual_seed(0)
+    return args, threads_flag, torch.device(args.device)
+
+
 def median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 

@@ -49,10 +49,16 @@ class _ChecksPrograms:
     are vectorized; both take global sites, and trace takes non-reparameterized guide sites
     (meanfield refuses them, by name, as Pyro's TraceMeanField_ELBO does)."""
 
-    def _setup_checks(self, max_plate_nesting, pathwise: bool) -> None:
+    estimator_name: str
+    pathwise: bool  # whether a non-reparameterized guide site is refused
+
+    def __init__(self, *, num_particles: int = 1, vectorize_particles: bool = False,
+                 max_plate_nesting=MAX_PLATE_NESTING):
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
+                         max_plate_nesting=max_plate_nesting)
         self.given_max_plate_nesting = max_plate_nesting  # Pyro adds the particles' dim to its own copy
         vectorized = self.vectorize_particles and self.num_particles > 1
-        self.checks = ProgramChecks(Requirements(vectorized=vectorized, per_item=False, pathwise=pathwise),
+        self.checks = ProgramChecks(Requirements(vectorized=vectorized, per_item=False, pathwise=self.pathwise),
                                     self.estimator_name, self.num_particles)
 
     def program_shape(self, model, guide, args, kwargs) -> ProgramShape:
@@ -98,11 +104,7 @@ class SyncFreeTrace_ELBO(_ChecksPrograms, Trace_ELBO):
 
     estimator_name = "trace"
 
-    def __init__(self, *, num_particles: int = 1, vectorize_particles: bool = False,
-                 max_plate_nesting=MAX_PLATE_NESTING):
-        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
-                         max_plate_nesting=max_plate_nesting)
-        self._setup_checks(max_plate_nesting, pathwise=False)
+    pathwise = False  # score-function guides take Pyro's own loss
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         if self.program_shape(model, guide, args, kwargs).score_sites:
@@ -146,11 +148,7 @@ class SyncFreeTraceMeanField_ELBO(_ChecksPrograms, TraceMeanField_ELBO):
 
     estimator_name = "meanfield"
 
-    def __init__(self, *, num_particles: int = 1, vectorize_particles: bool = False,
-                 max_plate_nesting=MAX_PLATE_NESTING):
-        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
-                         max_plate_nesting=max_plate_nesting)
-        self._setup_checks(max_plate_nesting, pathwise=True)
+    pathwise = True
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         self.program_shape(model, guide, args, kwargs)
