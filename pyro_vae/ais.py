@@ -37,7 +37,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from .marginal import batch_seed, mean_and_stderr, per_item_log_density
+from .marginal import batch_seed, mean_and_stderr, per_item_sum
 from .program_check import Requirements, check_program, particles_plate, sample_sites
 from .seeds import derived_seed, forked_rng
 
@@ -91,14 +91,8 @@ class _Densities:
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.num_chains, self.max_plate_nesting, self.batch, self.init = num_chains, max_plate_nesting, batch, init
 
-    def _sum(self, trace, program: str, names=None, exclude=()):
-        trace.compute_log_prob()
-        total = 0.0
-        for name, site in sample_sites(trace):
-            if (names is None or name in names) and name not in exclude:
-                total = total + per_item_log_density(site, name, program, self.num_chains, self.batch,
-                                                     self.max_plate_nesting)
-        return total
+    def _sum(self, trace, program: str, only=None, exclude=()):
+        return per_item_sum(trace, program, self.num_chains, self.batch, self.max_plate_nesting, only, exclude)
 
     def evaluate(self, values: dict[str, torch.Tensor]):
         """At given latent values, per (chain, item): the energy of f_0 and its gradient, and the
@@ -108,7 +102,7 @@ class _Densities:
         with particles_plate(self.num_chains, self.max_plate_nesting):
             conditioned_model = poutine.condition(self.model, data=values)
             model_trace = poutine.trace(conditioned_model).get_trace(*self.args, **self.kwargs)
-            log_prior = self._sum(model_trace, "model", names=values)
+            log_prior = self._sum(model_trace, "model", only=values)
             log_lik = self._sum(model_trace, "model", exclude=values)
             if self.init == "guide":
                 conditioned_guide = poutine.condition(self.guide, data=values)
@@ -157,7 +151,9 @@ def _initial_values(model, guide, args, kwargs, num_chains, max_plate_nesting, i
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
         else:  # the model's prior: its latent sites drawn, its observed ones left observed
             trace = poutine.trace(model).get_trace(*args, **kwargs)
-    return {name: site["value"].detach() for name, site in sample_sites(trace) if not site["is_observed"]}
+    latents = {name: site for name, site in sample_sites(trace) if not site["is_observed"]}
+    _check_latents(latents)
+    return {name: site["value"].detach() for name, site in latents.items()}
 
 
 def _check_latents(sites: dict) -> None:
@@ -277,11 +273,6 @@ def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *ar
     betas = ais_schedule(schedule, num_steps)
     check_program(model, guide, (data[:batch_size], *args), kwargs, max_plate_nesting,
                   Requirements(vectorized=True, per_item=True, pathwise=False), "AIS")
-    with forked_rng(data.device):
-        torch.manual_seed(seed)
-        with particles_plate(1, max_plate_nesting), torch.no_grad():
-            probe = poutine.trace(guide if init == "guide" else model).get_trace(data[:1], *args, **kwargs)
-    _check_latents({n: s for n, s in sample_sites(probe) if not s["is_observed"]})
     parts = []
     with forked_rng(data.device):
         for index, begin in enumerate(range(0, len(data), batch_size)):

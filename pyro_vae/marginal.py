@@ -25,16 +25,15 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Container
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .distributed import World, gather_objects
-from .program_check import Requirements, check_program, particles_plate
+from .program_check import Requirements, check_program, particles_plate, sample_sites
 from .seeds import derived_seed, forked_rng
 
 MAX_PLATE_NESTING = 1  # the seed VAE's: its data plate; vectorized particles live at dim -2
@@ -56,16 +55,23 @@ def log_importance_weights(model: Callable, guide: Callable, data: torch.Tensor,
     ``model(data, *args, **kwargs)`` and the guide alike. Raises ValueError for a site whose
     log-density is not per item (see the module's docstring)."""
     model_trace, guide_trace = trace_particles(model, guide, num_samples, max_plate_nesting, (data, *args), kwargs)
-    log_w = 0.0
-    for trace, sign, program in ((model_trace, 1.0, "model"), (guide_trace, -1.0, "guide")):
-        trace.compute_log_prob()
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                log_w = log_w + sign * per_item_log_density(site, name, program, num_samples, len(data),
-                                                            max_plate_nesting)
+    log_w = (per_item_sum(model_trace, "model", num_samples, len(data), max_plate_nesting)
+             - per_item_sum(guide_trace, "guide", num_samples, len(data), max_plate_nesting))
     if isinstance(log_w, float):
         raise ValueError("the model and guide have no sample sites")
     return log_w
+
+
+def per_item_sum(trace: poutine.Trace, program: str, num_samples: int, batch: int, max_plate_nesting: int,
+                 only: Container[str] | None = None, exclude: Container[str] = ()) -> torch.Tensor | float:
+    """The (num_samples, batch) sum of the per-item log-densities (:func:`per_item_log_density`)
+    of a trace's sample sites (``only`` those named, none of ``exclude``); 0.0 for none."""
+    trace.compute_log_prob()
+    total = 0.0
+    for name, site in sample_sites(trace):
+        if (only is None or name in only) and name not in exclude:
+            total = total + per_item_log_density(site, name, program, num_samples, batch, max_plate_nesting)
+    return total
 
 
 def per_item_log_density(site: dict, name: str, program: str, num_samples: int, batch: int,
@@ -189,10 +195,9 @@ def measured_bytes_per_row(model: Callable, guide: Callable, data: torch.Tensor,
     seen: dict[int, int] = {}
     for trace in (guide_trace, model_trace):
         trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                for tensor in _tensors_of(site):
-                    seen[id(tensor)] = tensor.numel() * tensor.element_size()
+        for _, site in sample_sites(trace):
+            for tensor in _tensors_of(site):
+                seen[id(tensor)] = tensor.numel() * tensor.element_size()
     return max(1, 2 * sum(seen.values()) // (len(x) * num_samples))
 
 
