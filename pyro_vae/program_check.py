@@ -44,12 +44,9 @@ class Requirements:
 
 @dataclass(frozen=True)
 class ProgramShape:
-    """What the check found: the plates the program nests, its data plate's (name, size, full
-    size), None when it has none at dim -max_plate_nesting, and the guide's sample sites without
-    a pathwise gradient (they need a score-function surrogate)."""
+    """What the check found that a run needs: the guide's sample sites without a pathwise
+    gradient (they need a score-function surrogate)."""
 
-    plates_needed: int
-    data_plate: tuple[str, int, int] | None
     score_sites: tuple[str, ...] = ()
 
 
@@ -141,7 +138,7 @@ def check_program(model: Callable, guide: Callable, args: tuple, kwargs: dict, m
     for _, _, site in sites:
         for frame in _plates(site):
             if frame.dim == -max_plate_nesting and data_plate is None:
-                data_plate = (frame.name, frame.size, frame.full_size or frame.size)
+                data_plate = (frame.name, frame.size)
     if requirements.per_item:
         _check_per_item(sites, max_plate_nesting, data_plate, estimator)
     score_sites = tuple(name for name, site in sample_sites(guide_trace)
@@ -151,7 +148,7 @@ def check_program(model: Callable, guide: Callable, args: tuple, kwargs: dict, m
         raise ValueError(f"guide site {name!r} is not reparameterized ({type(guide_trace.nodes[name]['fn']).__name__}):"
                          f" {estimator} needs a pathwise gradient through every latent; trace and "
                          "meanfield take it with Pyro's score-function surrogate")
-    return ProgramShape(needed, data_plate, score_sites)
+    return ProgramShape(score_sites)
 
 
 def _plates(site: dict) -> list:
