@@ -241,11 +241,16 @@ def _iwae(num_particles, vectorize, jit, max_plate_nesting):
 
 
 def _per_item(cls: type, name: str) -> Callable[..., ELBO]:
-    """The factory of an always-vectorized estimator class and its own options."""
+    """The factory of an always-vectorized estimator class; its signature shows the class's own
+    options (the constructor's parameters after num_particles and max_plate_nesting, but the
+    particles' vectorization, a setting), so that the registry reads them from there."""
     def factory(num_particles, vectorize, jit, max_plate_nesting, **options):
         _no_jit(name, jit)
         return cls(num_particles, max_plate_nesting, **options)
     factory.__name__ = f"_{name}"
+    settings = [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in _SETTINGS]
+    own = [p for p in list(inspect.signature(cls).parameters.values())[2:] if p.name != "vectorize_particles"]
+    factory.__signature__ = inspect.Signature(settings + own)
     return factory
 
 
@@ -284,20 +289,21 @@ def _signature_options(factory: Callable) -> dict | None:
     return {p.name: p.default for p in parameters if p.name not in _SETTINGS}
 
 
-register_objective("trace", _trace, {}, summary="Trace_ELBO, the Monte-Carlo ELBO (L samples)", sample_symbol="L")
-register_objective("meanfield", _meanfield, {}, summary="TraceMeanField_ELBO, the ELBO with KL in closed form",
+# each estimator's options and defaults are read from its factory's (or class's) signature
+register_objective("trace", _trace, summary="Trace_ELBO, the Monte-Carlo ELBO (L samples)", sample_symbol="L")
+register_objective("meanfield", _meanfield, summary="TraceMeanField_ELBO, the ELBO with KL in closed form",
                    sample_symbol="L")
-register_objective("iwae", _iwae, {}, summary="the importance-weighted bound (Burda et al.)")
-register_objective("renyi", _renyi, {"alpha": 0.5}, summary="the Renyi bound (Li & Turner)")
-register_objective("stl", _per_item(estimators.STL_ELBO, "stl"), {},
+register_objective("iwae", _iwae, summary="the importance-weighted bound (Burda et al.)")
+register_objective("renyi", _renyi, summary="the Renyi bound (Li & Turner)")
+register_objective("stl", _per_item(estimators.STL_ELBO, "stl"),
                    summary="the ELBO, sticking the landing (Roeder et al.)", sample_symbol="L")
-register_objective("dreg", _per_item(estimators.DReG_IWAE, "dreg"), {},
+register_objective("dreg", _per_item(estimators.DReG_IWAE, "dreg"),
                    summary="IWAE with doubly reparameterized gradients (Tucker et al.)")
-register_objective("miwae", _per_item(estimators.MIWAE, "miwae"), {"num_estimates": 1},
+register_objective("miwae", _per_item(estimators.MIWAE, "miwae"),
                    summary="the mean of M IWAE bounds (Rainforth et al.)", multi_estimate=True)
-register_objective("ciwae", _per_item(estimators.CIWAE, "ciwae"), {"beta": 0.5},
+register_objective("ciwae", _per_item(estimators.CIWAE, "ciwae"),
                    summary="beta ELBO + (1 - beta) IWAE (Rainforth et al.)")
-register_objective("piwae", _per_item(estimators.PIWAE, "piwae"), {"num_estimates": 1},
+register_objective("piwae", _per_item(estimators.PIWAE, "piwae"),
                    summary="model on IWAE_MK, guide on MIWAE(M, K) (Rainforth et al.)", multi_estimate=True)
 
 
