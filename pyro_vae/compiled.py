@@ -118,19 +118,27 @@ class CompiledLoss:
                              "surrogate is not traced for compilation; train it without compile")
 
     def _compile(self, graph: torch.fx.GraphModule, device: torch.device) -> Callable:
-        if self.backend is None:
-            return graph
-        # fallback_random: torch's generator, not inductor's, so draws match the eager step's
-        options = {"fallback_random": True}
-        if device.type == "cuda" and self.cuda_graphs and self.backend == "inductor":
-            options["triton.cudagraphs"] = True
-        compiled = torch.compile(graph, backend=self.backend, dynamic=False,
-                                 options=options if self.backend == "inductor" else None)
+        return compile_graph(graph, device, self.backend, self.cuda_graphs)
 
-        def run(values, x):
-            with torch.no_grad():  # the graph holds its own backward: no autograd around it
-                return compiled(values, x)
-        return run
+
+def compile_graph(graph: torch.fx.GraphModule, device: torch.device, backend: str | None = "inductor",
+                  cuda_graphs: bool = True) -> Callable:
+    """A traced graph compiled by torch.compile with torch's own random generator (so its draws
+    match the eager code's at the same seed) and, on CUDA, replayed as a CUDA graph; run with
+    autograd off, since the graph holds its own backward. ``backend`` None runs it as traced."""
+    if backend is None:
+        return graph
+    # fallback_random: torch's generator, not inductor's, so draws match the eager step's
+    options = {"fallback_random": True}
+    if device.type == "cuda" and cuda_graphs and backend == "inductor":
+        options["triton.cudagraphs"] = True
+    compiled = torch.compile(graph, backend=backend, dynamic=False,
+                             options=options if backend == "inductor" else None)
+
+    def run(*inputs):
+        with torch.no_grad():  # the graph holds its own backward: no autograd around it
+            return compiled(*inputs)
+    return run
 
 
 def host_reads(graph: torch.fx.GraphModule) -> list[str]:

@@ -72,7 +72,7 @@ def check_max_plate_nesting(max_plate_nesting, vectorized: bool = True, per_item
         raise ValueError(f"max_plate_nesting must be at least {least} (the data plate), got {max_plate_nesting}")
 
 
-def _program_key(fn: Callable) -> tuple:
+def program_key(fn: Callable) -> tuple:
     """Bound methods are made afresh on each attribute access: key them by object and function."""
     return (id(fn.__self__), fn.__func__) if hasattr(fn, "__func__") else (id(fn), None)
 
@@ -183,11 +183,11 @@ class ProgramChecks:
 
     def checked(self, model: Callable, guide: Callable) -> bool:
         """Whether this pair was checked already."""
-        return (_program_key(model), _program_key(guide)) in self._seen
+        return (program_key(model), program_key(guide)) in self._seen
 
     def __call__(self, model: Callable, guide: Callable, args: tuple, kwargs: dict,
                  max_plate_nesting) -> ProgramShape:
-        key = (_program_key(model), _program_key(guide))
+        key = (program_key(model), program_key(guide))
         shape = self._seen.get(key, (None,))[-1]
         if shape is None:
             shape = check_program(model, guide, args, kwargs, max_plate_nesting, self.requirements,
