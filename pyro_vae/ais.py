@@ -362,8 +362,8 @@ def ais_batch(model: Callable, guide: Callable, x: torch.Tensor, args: tuple, kw
 def ais_per_item(model: Callable, guide: Callable, data: torch.Tensor, settings: AISSettings, *,
                  args: tuple = (), kwargs: dict | None = None, seed: int = 0, start: dict | None = None,
                  step_sizes: torch.Tensor | None = None, world: World | None = None, progress: bool = False,
-                 finished: dict | None = None,
-                 on_batch: Callable[[int, dict], None] | None = None) -> dict[str, torch.Tensor]:
+                 finished: dict | None = None, on_batch: Callable[[int, dict], None] | None = None,
+                 label: str = "AIS") -> dict[str, torch.Tensor]:
     """The engine of :func:`ais_log_likelihood` and :func:`bdmc`: per-item ``log_weights``
     (chains, items), ``acceptance`` and ``step_size`` (steps, items) for all of ``data``.
 
@@ -381,7 +381,7 @@ def ais_per_item(model: Callable, guide: Callable, data: torch.Tensor, settings:
     betas = s.betas().flip(0) if start is not None else s.betas()
     batches = list(enumerate(range(0, len(data), s.batch_size)))
     mine = [(i, b) for i, b in batches if i % world.size == world.rank and i not in finished]
-    bar = tqdm(total=len(mine) * (len(betas) - 2), unit="transition", desc="AIS", dynamic_ncols=True,
+    bar = tqdm(total=len(mine) * (len(betas) - 2), unit="transition", desc=label, dynamic_ncols=True,
                disable=None if progress else True)
     transitions = _Transitions(s.compile)
     parts = {i: r for i, r in finished.items() if i % world.size == world.rank}
@@ -497,18 +497,36 @@ def bdmc(model: Callable, guide: Callable, data: torch.Tensor, *args, num_items:
     1 / p(x)). Their mean gap bounds the error of AIS at these settings on data like the
     model's own. The AIS settings are :func:`ais_log_likelihood`'s.
     """
-    if isinstance(num_items, bool) or not isinstance(num_items, int) or not 1 <= num_items <= len(data):
-        raise ValueError(f"num_items must be between 1 and the {len(data)} items of data, got {num_items!r}")
     if not isinstance(schedule, str):
         num_steps = len(schedule) - 1
     settings = AISSettings(num_chains, num_steps, leapfrog_steps, init, schedule, target_accept, step_size,
                            max_plate_nesting, batch_size, compile)
-    simulated, latents = simulate(model, data[:num_items], args, kwargs, seed)
-    forward = ais_per_item(model, guide, simulated, settings, args=args, kwargs=kwargs, seed=seed)
-    # the reverse chains run at the forward pilots' step sizes: pilots started at the simulated z
-    # would tie the counted chains' kernels to their own starting point
-    reverse = ais_per_item(model, guide, simulated, settings, args=args, kwargs=kwargs,
-                           seed=seed + REVERSE_SEED_OFFSET, start=latents,
-                           step_sizes=forward["step_size"].flip(0))
+    simulated, forward, reverse = bdmc_per_item(model, guide, data, settings, num_items=num_items, args=args,
+                                                kwargs=kwargs, seed=seed)
     return BDMCResult(lower=log_mean_exp_over_chains(forward["log_weights"]),
                       upper=-log_mean_exp_over_chains(reverse["log_weights"]), data=simulated)
+
+
+def bdmc_per_item(model: Callable, guide: Callable, data: torch.Tensor, settings: AISSettings, *, num_items: int,
+                  args: tuple = (), kwargs: dict | None = None, seed: int = 0, world: World | None = None,
+                  progress: bool = False, finished: dict | None = None,
+                  on_batch: Callable[[str, int, dict], None] | None = None) -> tuple[torch.Tensor, dict, dict]:
+    """The engine of :func:`bdmc`: (simulated items, forward AIS's and reverse AIS's
+    :func:`ais_per_item` results). ``finished`` holds the batches already done of each
+    direction ({"forward": {index: result}, "reverse": ...}); ``on_batch(direction, index,
+    result)`` is called as each finishes."""
+    if isinstance(num_items, bool) or not isinstance(num_items, int) or not 1 <= num_items <= len(data):
+        raise ValueError(f"num_items must be between 1 and the {len(data)} items of data, got {num_items!r}")
+    kwargs, finished = kwargs or {}, finished or {}
+    simulated, latents = simulate(model, data[:num_items], args, kwargs, seed)
+
+    def run(direction: str, **how):
+        keep = None if on_batch is None else (lambda index, result: on_batch(direction, index, result))
+        return ais_per_item(model, guide, simulated, settings, args=args, kwargs=kwargs, world=world,
+                            progress=progress, finished=finished.get(direction), on_batch=keep,
+                            label=f"BDMC {direction}", **how)
+    forward = run("forward", seed=seed)
+    # the reverse chains run at the forward pilots' step sizes: pilots started at the simulated z
+    # would tie the counted chains' kernels to their own starting point
+    reverse = run("reverse", seed=seed + REVERSE_SEED_OFFSET, start=latents, step_sizes=forward["step_size"].flip(0))
+    return simulated, forward, reverse

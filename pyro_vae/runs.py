@@ -17,6 +17,7 @@ import io
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -264,6 +265,8 @@ def clear_run_outputs(path: Path) -> None:
     for pattern in RUN_OUTPUT_PATTERNS:
         for file in Path(path).glob(pattern):
             file.unlink()
+    for parts in Path(path).glob("eval_*.parts"):  # an interrupted AIS evaluation's finished batches
+        shutil.rmtree(parts)
 
 
 def rng_state() -> dict:

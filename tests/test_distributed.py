@@ -54,6 +54,19 @@ def test_sharded_evaluation_equals_one_process(tmp_path, data_dir):
     assert one["per_image"] == two["per_image"]
     assert one["summary"] == two["summary"]
 
+    ais = ["--method", "ais", "--chains", "4", "--ais-steps", "3", "--leapfrog-steps", "2", "--limit", "30",
+           "--batch-size", "8", "--no-progress", "--device", "cpu"]
+    name = "eval_test_ais_C4_T3_guide_L2_b8_first30.json"
+    single = run_cli("pyro_vae.evaluate", str(run), *ais, env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr
+    one = json.loads((run / name).read_text())
+    (run / name).unlink()
+    result = torchrun("-m", "pyro_vae.evaluate", str(run), *ais)
+    assert result.returncode == 0, result.stderr[-2000:]
+    two = json.loads((run / name).read_text())
+    assert two["processes"] == 2 and one["per_image"] == two["per_image"]
+    assert not (run / name).with_suffix(".parts").exists()
+
 
 def test_a_failing_rank_fails_the_job_without_hanging():
     result = torchrun(str(WORKERS / "fail_rank.py"), timeout=180)
