@@ -15,13 +15,16 @@ def test_the_api_page_runs():
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "docs/api.md", "exec"), {"__name__": "docs_api"})
     lines = printed.getvalue().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["trace L=1", "iwae L=5", "truth"]
+    assert [line.split(":")[0] for line in lines] == ["trace L=1", "iwae L=5", "iwae L=5, AIS",
+                                                      "BDMC on 50 simulated items", "truth"]
     numbers = [float(re.search(r"(-?\d+\.\d+) nats", line).group(1)) for line in lines]
     log_px = [float(re.search(r"log p\(x\) (-?\d+\.\d+)", line).group(1)) for line in lines[:2]]
-    truth = numbers[2]
+    ais, gap, truth = numbers[2:]
     for estimate, elbo in zip(log_px, numbers[:2]):
         assert elbo < estimate < truth + 0.3  # trained models close to, and not far above, the truth
         assert estimate > truth - 1.0
+    # a 2-D latent and a good guide: AIS agrees with IS at K = 1000, and BDMC's gap is near 0
+    assert abs(ais - log_px[1]) < 0.05 and -0.05 < gap < 0.05
 
 
 def test_the_estimator_docs_name_every_registered_estimator():

@@ -126,7 +126,7 @@ def run_main(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] |
 
 COMMANDS = {
     "train": "train a VAE (python -m pyro_vae.train)",
-    "evaluate": "importance-sampled log p(x) of a trained run",
+    "evaluate": "log p(x) of a trained run: importance sampling, AIS or BDMC",
     "compare": "compare ELBO estimators on one model, or by training one per estimator",
     "paired": "paired difference of two scores on the same images",
     "experiments": "the seed's experiments and Burda et al.'s benchmark recipe",
