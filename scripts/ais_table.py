@@ -1,0 +1,139 @@
+"""Write the section "How loose is importance sampling?" of docs/results.md from the reports in
+results/: importance sampling (IS) against annealed importance sampling (AIS) on the same test
+images, and BDMC's bounds on items simulated from each model.
+
+    python scripts/ais_table.py [--no-write]
+
+The reports are made by the commands listed in the section (``pyro_vae.evaluate --method ais``,
+``--bdmc N``); this script only reads them, so it owns the section: re-run it after re-scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from pyro_vae.marginal import mean_and_stderr
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS, DOCS = ROOT / "results", ROOT / "docs" / "results.md"
+MODELS = {"VAE": "paper-trace-L1-21000ep-equal1800-ema0.9999", "IWAE k=5": "paper-iwae-k5-7000ep-equal600-ema0.9999"}
+TITLE = "How loose is importance sampling?"
+BASELINE_K = 5000
+
+
+def load(folder: Path, pattern: str) -> list[tuple[Path, dict]]:
+    return [(path, json.loads(path.read_text())) for path in sorted(folder.glob(pattern))]
+
+
+def estimates(folder: Path) -> dict[tuple, dict]:
+    """(method, settings label, number of images) -> per-image log p^(x), seconds and the file."""
+    found = {}
+    for path, report in load(folder, "eval_test_K*.json"):
+        s = report["settings"]
+        if s.get("seed", 0) or s.get("binarization_seed", 0) or "_" in path.stem.split("_K")[1]:
+            continue  # only the default score at each K
+        found[("IS", f"K = {s['num_samples']:,}", s["num_images"])] = (report, path)
+    for path, report in load(folder, "eval_test_ais_*.json"):
+        s = report["settings"]
+        label = f"{s['init']}, T = {s['num_steps']:,}, {s['num_chains']} chains"
+        found[("AIS", label, s["num_images"])] = (report, path)
+    return found
+
+
+def command(path: Path, folder: Path) -> str:
+    """The command that writes a report, read back from its name."""
+    stem = path.stem
+    where = f"results/{folder.name}"
+    if stem.startswith("eval_test_K"):
+        k = stem.split("_K")[1]
+        device = json.loads(path.read_text())["settings"].get("device", "cpu")
+        return f"python -m pyro_vae.evaluate {where} --num-samples {k}" + (" --device cuda" if device != "cpu" else "")
+    m = re.match(r"eval_(test_ais|bdmc_N(\d+))_C(\d+)_T(\d+)_(guide|prior)(.*)", stem)
+    flags = ["--method ais"] if m.group(1) == "test_ais" else [f"--bdmc {m.group(2)}"]
+    flags += [f"--ais-steps {m.group(4)}"] + ([f"--init {m.group(5)}"] if m.group(5) != "guide" else [])
+    first = re.search(r"_first(\d+)", m.group(6))
+    flags += [f"--limit {first.group(1)}"] if first else []
+    return f"python -m pyro_vae.evaluate {where} {' '.join(flags)} --compile"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    per_model = {name: estimates(RESULTS / folder) for name, folder in MODELS.items()}
+    keys = sorted({key for found in per_model.values() for key in found},
+                  key=lambda k: (-k[2], k[0] != "IS", k[1]))
+    subsets = sorted({key[2] for key in keys}, reverse=True)
+    header = ("| images | estimator | " + " | ".join(f"{m}: log p̂(x) | {m}: minus IS K = {BASELINE_K:,} (paired)"
+                                                     for m in MODELS) + " | seconds (" + " / ".join(MODELS) + ") |")
+    lines = [header, "|" + "---|" * (3 + 2 * len(MODELS))]
+    commands = []
+    for n in subsets:
+        for key in sorted({(method, label) for method, label, _ in keys}, key=lambda k: (k[0] != "IS", k[1])):
+            cells, seconds, any_found = [], [], False
+            for name, folder in MODELS.items():
+                found = per_model[name]
+                # a score of more images covers the first n of them (IS scores are per image)
+                source = found.get((*key, n)) or next((found[(*key, m)] for m in subsets
+                                                        if m > n and (*key, m) in found), None)
+                baseline = next((found[("IS", f"K = {BASELINE_K:,}", m)] for m in subsets
+                                 if m >= n and ("IS", f"K = {BASELINE_K:,}", m) in found), None)
+                if source is None:
+                    cells += ["", ""]
+                    seconds.append("")
+                    continue
+                any_found = True
+                report, path = source
+                values = torch.tensor(report["per_image"]["log_px"][:n], dtype=torch.float64)
+                mean, stderr = mean_and_stderr(values)
+                cells.append(f"{mean:.2f} ± {stderr:.2f}")
+                if baseline is not None and not (key == ("IS", f"K = {BASELINE_K:,}")):
+                    base = torch.tensor(baseline[0]["per_image"]["log_px"][:n], dtype=torch.float64)
+                    difference, difference_err = mean_and_stderr(values - base)
+                    cells.append(f"{difference:+.3f} ± {difference_err:.3f}")
+                else:
+                    cells.append("")
+                own = report["settings"]["num_images"] == n
+                device = report["settings"].get("device", "cpu")
+                on = "" if device == "cpu" else f" ({'GPU' if device.startswith('cuda') else device})"
+                seconds.append(f"{report['seconds']:,.0f}{on}" if own else "")
+                if own:
+                    commands.append(command(path, RESULTS / folder))
+            if any_found:
+                lines.append(f"| {n:,} | {key[0]} {key[1]} | " + " | ".join(cells) + f" | {' / '.join(seconds)} |")
+    bdmc = ["| model | AIS settings | items | forward AIS (lower) | reverse AIS (upper) | gap (upper − lower) "
+            "| acceptance | seconds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, folder in MODELS.items():
+        for path, report in load(RESULTS / folder, "eval_bdmc_*.json"):
+            s, m = report["settings"], report["summary"]
+            bdmc.append(f"| {name} | {s['init']}, T = {s['num_steps']:,}, {s['num_chains']} chains | {s['num_items']} "
+                        f"| {m['lower_mean']:.2f} ± {m['lower_stderr']:.2f} | {m['upper_mean']:.2f} ± "
+                        f"{m['upper_stderr']:.2f} | {m['gap_mean']:+.3f} ± {m['gap_stderr']:.3f} | "
+                        f"{m['acceptance_mean']:.2f} | {report['seconds']:,.0f} |")
+            commands.append(command(path, RESULTS / folder))
+    body = "\n".join(lines) + "\n\nBDMC on items simulated from each model (Grosse et al. 2015):\n\n" + "\n".join(bdmc)
+    body += "\n\nCommands (each writes one report into its model's folder; `python scripts/ais_table.py` " \
+            "rewrites this section from them):\n\n```bash\n" + "\n".join(dict.fromkeys(commands)) + "\n```"
+    print(body)
+    if not args.no_write:
+        write_section(body)
+
+
+def write_section(body: str) -> None:
+    """Replace the section's table, between its heading's intro and the next "## " heading,
+    keeping the prose above the marker line."""
+    text = DOCS.read_text()
+    marker = "<!-- ais_table.py writes below this line -->"
+    start = text.index(marker) + len(marker)
+    end = text.find("\n## ", start)
+    end = len(text) if end < 0 else end
+    DOCS.write_text(text[:start] + "\n\n" + body.strip() + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    main()
