@@ -7,8 +7,9 @@ difference d_i = s_B(x_i) - s_A(x_i) cancels that: its mean is the difference of
 and std(d) / sqrt(n) its standard error, usually tens of times smaller. Positive means B scores
 higher (higher log p(x), a tighter bound: better).
 
-A and B are ``eval_<split>_K<K>*.json`` files written by ``pyro_vae.evaluate``; they must score
-the same images (data set, binarization, split and count), in any K, seed or weights. Two draws of
+A and B are ``eval_<split>_K<K>*.json`` (importance sampling) or ``eval_<split>_ais_*.json``
+(annealed importance sampling) files written by ``pyro_vae.evaluate``; they must score the same
+images (data set, binarization, split and count), by any method, K, seed or weights. Two draws of
 a dynamically binarized test set (``--binarization-seed``) count as the same images binarized
 again: then the mean difference is what the draw moves, and the paired s.e. / sqrt(2) the spread
 of one draw's score.
@@ -23,7 +24,7 @@ import torch
 
 from .marginal import mean_and_stderr
 
-SCORES = {"log_px": "log p(x), IS", "iwae": "IWAE bound", "elbo": "ELBO"}
+SCORES = {"log_px": "log p(x)", "iwae": "IWAE bound", "elbo": "ELBO"}
 SAME_IMAGES = ("dataset", "binarize", "split", "num_images")
 
 
@@ -60,8 +61,10 @@ def format_table(table: dict[str, dict[str, float]], a: dict, b: dict) -> str:
     def label(report: dict) -> str:
         s = report["settings"]
         draw = f", binarization draw {s['binarization_seed']}" if s.get("binarization_seed") else ""
-        return (f"{s.get('run_dir', '?')} (K={s.get('num_samples')}, seed {s.get('seed', '?')}, "
-                f"{s.get('weights', 'last')} weights{draw})")
+        method = (f"AIS {s['num_chains']} chains x T={s['num_steps']} from the {s['init']}"
+                  if s.get("method") == "ais" else f"IS K={s.get('num_samples')}")
+        weights = s.get("weights", "last")
+        return f"{s.get('run_dir', '?')} ({method}, seed {s.get('seed', '?')}, {weights} weights{draw})"
 
     lines = [f"A: {label(a)}", f"B: {label(b)}",
              f"{a['settings']['num_images']} {a['settings']['split']} images; nats per image",

@@ -33,6 +33,10 @@ def data_dir() -> Path:
     return found
 
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: share the cores, not N x all of them
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 @pytest.fixture(autouse=True)
 def fresh_pyro_state():
     """Each test starts from an empty param store and seed 0, whatever ran before it."""

@@ -47,10 +47,22 @@ def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_pat
     broken.write_text("{not json")
     result = run_cli("pyro_vae.paired", str(first), str(second))
     assert result.returncode == 0, result.stderr
-    assert "runs/a" in result.stdout and "runs/b (K=10, seed 1," in result.stdout
+    assert "runs/a" in result.stdout and "runs/b (IS K=10, seed 1," in result.stdout
     assert "+0.750" in result.stdout  # log p(x): differences 1.0 and 0.5
     status, err = call(paired.main, [str(first), str(broken)], capsys)  # in-process: no second start-up
     assert status == 2 and err.count("\n") == 1
     assert "is not an evaluation written by pyro_vae.evaluate" in err
     status, err = call(paired.main, [str(first), str(tmp_path / "missing.json")], capsys)
     assert status == 2 and "no such file" in err
+
+
+def test_an_ais_report_pairs_with_an_importance_sampling_one():
+    from pyro_vae.paired import format_table
+
+    a = report([-80.0, -90.0], [-85.0, -95.0])
+    b = {"settings": {**a["settings"], "method": "ais", "num_chains": 16, "num_steps": 100, "init": "guide"},
+         "per_image": {"log_px": [-79.5, -89.0], "acceptance": [0.6, 0.7]}}
+    table = paired_differences(a, b)
+    assert set(table) == {"log_px"} and table["log_px"]["difference"] == pytest.approx(0.75)
+    text = format_table(table, a, b)
+    assert "IS K=10" in text and "AIS 16 chains x T=100 from the guide" in text
