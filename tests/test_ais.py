@@ -136,3 +136,33 @@ def test_compiled_transitions_give_the_eager_numbers_and_are_reused_across_calls
     moved = ais_log_likelihood(program.model, program.guide, DATA, **settings)
     assert torch.allclose(again.log_weights, moved.log_weights, rtol=0, atol=1e-9)
     assert not torch.allclose(again.log_weights, eager.log_weights)
+
+
+def test_an_hmc_transition_leaves_the_posterior_invariant():
+    """Chains started at exact posterior draws of a linear-Gaussian model stay distributed as the
+    posterior after HMC transitions at β = 1: the same mean and covariance, within Monte Carlo error."""
+    from pyro_vae.ais import AISSettings, _Sampler
+
+    program = LinearGaussian(exact=False)
+    W, b, s = program.decoder["W"].detach(), program.decoder["b"].detach(), program.noise
+    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / s**2)
+    mean = (DATA - b) @ W @ cov / s**2  # (items, 2)
+    chains = 4000
+    start = mean + torch.randn(chains, len(DATA), 2, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    sampler = _Sampler(program.model, program.guide, (), {}, ["z"], chains, AISSettings(leapfrog_steps=5))
+    values = [start]
+    state = sampler.state(values, DATA)
+    step = 1.5 * cov.diagonal().sqrt().min().item()  # large enough that the accept test matters
+    eps, beta = torch.full((len(DATA),), step, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    accepted = []
+    for _ in range(10):
+        values, *state, accept_prob = sampler.transition(values, *state, eps, beta, DATA)
+        accepted.append(accept_prob.mean())
+    z = values[0]
+    assert 0.2 < torch.stack(accepted).mean() < 1.0  # the chains moved
+    assert (z - start).abs().mean() > 0.1
+    standard_error = cov.diagonal().sqrt() / math.sqrt(chains)
+    assert ((z.mean(0) - mean).abs() < 4 * standard_error).all(), (z.mean(0) - mean) / standard_error
+    for item in range(len(DATA)):
+        sample_cov = torch.cov(z[:, item].T)
+        assert torch.allclose(sample_cov, cov, atol=0.1 * cov.abs().max()), (sample_cov, cov)
