@@ -69,18 +69,20 @@ def main() -> None:
     keys = sorted({key for found in per_model.values() for key in found},
                   key=lambda k: (-k[2], k[0] != "IS", k[1]))
     subsets = sorted({key[2] for key in keys}, reverse=True)
+    first, second = MODELS
     header = ("| images | estimator | " + " | ".join(f"{m}: log p̂(x) | {m}: minus IS K = {BASELINE_K:,} (paired)"
-                                                     for m in MODELS) + " | seconds (" + " / ".join(MODELS) + ") |")
-    lines = [header, "|" + "---|" * (3 + 2 * len(MODELS))]
+                                                     for m in MODELS)
+              + f" | {second} minus {first} (paired) | seconds (" + " / ".join(MODELS) + ") |")
+    lines = [header, "|" + "---|" * (4 + 2 * len(MODELS))]
     commands = []
     for n in subsets:
         for key in sorted({(method, label) for method, label, _ in keys}, key=lambda k: (k[0] != "IS", k[1])):
-            cells, seconds, any_found = [], [], False
+            cells, seconds, any_found, scored = [], [], False, {}
             for name, folder in MODELS.items():
                 found = per_model[name]
                 # a score of more images covers the first n of them (IS scores are per image)
-                source = found.get((*key, n)) or next((found[(*key, m)] for m in subsets
-                                                        if m > n and (*key, m) in found), None)
+                covering = [found[(*key, m)] for m in subsets if m > n and (*key, m) in found]
+                source = found.get((*key, n)) or (covering[0] if covering else None)
                 baseline = next((found[("IS", f"K = {BASELINE_K:,}", m)] for m in subsets
                                  if m >= n and ("IS", f"K = {BASELINE_K:,}", m) in found), None)
                 if source is None:
@@ -90,6 +92,7 @@ def main() -> None:
                 any_found = True
                 report, path = source
                 values = torch.tensor(report["per_image"]["log_px"][:n], dtype=torch.float64)
+                scored[name] = values
                 mean, stderr = mean_and_stderr(values)
                 cells.append(f"{mean:.2f} ± {stderr:.2f}")
                 if baseline is not None and not (key == ("IS", f"K = {BASELINE_K:,}")):
@@ -105,7 +108,12 @@ def main() -> None:
                 if own:
                     commands.append(command(path, RESULTS / folder))
             if any_found:
-                lines.append(f"| {n:,} | {key[0]} {key[1]} | " + " | ".join(cells) + f" | {' / '.join(seconds)} |")
+                between = ""
+                if len(scored) == 2:
+                    difference, difference_err = mean_and_stderr(scored[second] - scored[first])
+                    between = f"{difference:+.3f} ± {difference_err:.3f}"
+                lines.append(f"| {n:,} | {key[0]} {key[1]} | " + " | ".join(cells)
+                             + f" | {between} | {' / '.join(seconds)} |")
     bdmc = ["| model | AIS settings | items | forward AIS (lower) | reverse AIS (upper) | gap (upper − lower) "
             "| acceptance | seconds |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, folder in MODELS.items():
