@@ -64,10 +64,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int = 5000, split: str = "tes
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     run_dir = Path(run_dir)
     world, torch_device = world_and_device(device)
-    if out is not None and world.is_main:
-        runs.check_writable_file(out)
-    holding = world.is_main and out is None
-    with runs.claim_run_dir(run_dir) if holding else contextlib.nullcontext():
+    with report_destination(run_dir, out, world):
         scoring = Scoring(num_samples, split, batch_size, max_memory_mb, iwae_k, seed, limit, weights,
                           binarization_seed)
         return _evaluate_run(run_dir, scoring, world, torch_device, data_dir, progress, dataset, out, trained)
@@ -119,14 +116,32 @@ def _evaluate_run(run_dir: Path, scoring: Scoring, world, torch_device, data_dir
     name = report_name(split, num_samples, len(images) < len(split_images) and len(images),
                        binarization_seed, seed, min(iwae_k, num_samples), batch_size, max_memory_mb,
                        torch_device.type, weights == "last" and bool(config.get("ema_decay")))
-    path = Path(out) if out is not None else run_dir / name
+    write_report(report, Path(out) if out is not None else run_dir / name, world)
+    return report
+
+
+@contextlib.contextmanager
+def report_destination(run_dir: Path, out: str | None, world):
+    """Before any work: hold ``run_dir`` as its one writer (rank 0), or, for a report going to
+    ``out``, check that it can be written there."""
+    if out is not None and world.is_main:
+        runs.check_writable_file(out)
+    holding = world.is_main and out is None
+    with runs.claim_run_dir(run_dir) if holding else contextlib.nullcontext():
+        yield
+
+
+def write_report(report: dict, path: Path, world) -> bool:
+    """Rank 0 writes ``report`` to ``path``, or, if that fails now, to the system's temporary
+    folder (``report["unwritten_path"]`` then names ``path``); ``report["path"]`` says where it
+    went. True if it went to ``path``."""
+    written = path
     if world.is_main:
         written = runs.write_json_or_fallback(path, report)
         if written != path:
             report["unwritten_path"] = str(path)
-        path = written
-    report["path"] = str(path)
-    return report
+    report["path"] = str(written)
+    return written == path
 
 
 def report_name(split: str, num_samples: int, subset: int | bool, binarization_seed: int, seed: int,

@@ -16,7 +16,6 @@ written. Parts made by another model or other settings are refused, never mixed 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ import torch
 
 from . import runs
 from .ais import AISSettings, ais_per_item, bdmc_per_item, log_mean_exp_over_chains
-from .evaluate import SPLITS
+from .evaluate import SPLITS, report_destination, write_report
 from .marginal import mean_and_stderr
 
 PART_FORMAT = "pyro_vae-ais-part-1"
@@ -174,10 +173,7 @@ def _scored(run_dir, device: str, weights: str, data_dir, out, settings: AISSett
 
     run_dir = Path(run_dir)
     world, torch_device = world_and_device(device)
-    if out is not None and world.is_main:
-        runs.check_writable_file(out)
-    holding = world.is_main and out is None
-    with runs.claim_run_dir(run_dir) if holding else contextlib.nullcontext():
+    with report_destination(run_dir, out, world):
         vae, config, dataset = runs.load_run_and_data(run_dir, torch_device, data_dir, weights)
         started = time.perf_counter()
 
@@ -191,14 +187,8 @@ def _scored(run_dir, device: str, weights: str, data_dir, out, settings: AISSett
         report["processes"] = world.size
         path = Path(out) if out is not None else run_dir / name
         barrier(world)  # every rank's parts are in before they are removed
-        if world.is_main:
-            written = runs.write_json_or_fallback(path, report)
-            if written != path:
-                report["unwritten_path"] = str(path)
-            else:
-                parts.remove()
-            path = written
-        report["path"] = str(path)
+        if write_report(report, path, world) and world.is_main:
+            parts.remove()
         return report
 
 
