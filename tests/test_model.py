@@ -71,7 +71,6 @@ def closed_form_elbo(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tenso
 
 @torch.no_grad()
 def test_trace_and_meanfield_estimate_the_closed_form_elbo():
-    pyro.set_rng_seed(0)
     vae = VAE(latent_dim=3, hidden_dims=(32,), binary_data=True)
     vae.encoder.loc.bias.fill_(1.0)  # q away from the prior: a KL of several nats
     x = torch.bernoulli(torch.full((4, 784), 0.2))
@@ -98,7 +97,6 @@ def test_a_few_steps_lower_the_loss():
 
 
 def test_bernoulli_pixels_equals_bernoulli_to_event_in_value_and_gradient():
-    torch.manual_seed(0)
     logits = torch.randn(3, 5, 784, requires_grad=True)
     x = torch.bernoulli(torch.full((5, 784), 0.3))  # broadcast over the leading (particle) dim
     ours = BernoulliPixels(logits).log_prob(x)

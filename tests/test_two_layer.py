@@ -21,7 +21,6 @@ def images(n: int = 4) -> torch.Tensor:
 
 
 def test_log_weights_equal_the_hand_written_formula():
-    pyro.set_rng_seed(0)
     vae, x, k = TwoLayerVAE(), images(3), 4
     pyro.set_rng_seed(1)
     log_w = log_importance_weights(vae.model, vae.guide, x, k)
@@ -63,7 +62,6 @@ def test_trained_toy_orders_its_bounds_log_px_iwae_elbo():
                                           ("stl", {}), ("dreg", {}), ("miwae", {"num_estimates": 2}),
                                           ("ciwae", {}), ("piwae", {"num_estimates": 2})])
 def test_every_estimator_trains_the_two_layer_model(name, options):
-    pyro.set_rng_seed(0)
     vae, x = TwoLayerVAE(), images(8)
     elbo = make_elbo(name, 3, vectorize=True, **options)
     loss = elbo.differentiable_loss(vae.model, vae.guide, x)
