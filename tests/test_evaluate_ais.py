@@ -102,3 +102,13 @@ def test_bad_annealed_flags_give_one_line(argv, message, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     status, err = call(evaluate.main, [str(tmp_path / "run"), *argv], capsys)
     assert status == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_overwriting_a_run_removes_the_parts_of_its_old_evaluations(tmp_path):
+    from pyro_vae import runs
+
+    (tmp_path / "eval_test_K5.json").write_text("{}")
+    evaluate_ais.Parts(tmp_path / "eval_test_ais_C4_T3_guide.parts", "old model").save("forward", 0, {})
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    runs.clear_run_outputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
