@@ -76,7 +76,9 @@ def main() -> None:
     lines = [header, "|" + "---|" * (4 + 2 * len(MODELS))]
     commands = []
     for n in subsets:
-        for key in sorted({(method, label) for method, label, _ in keys}, key=lambda k: (k[0] != "IS", k[1])):
+        def in_order(key):  # IS first, then by init and length, numbers compared as numbers
+            return key[0] != "IS", re.sub(r"[\d,]+", lambda m: m.group().replace(",", "").zfill(9), key[1])
+        for key in sorted({(method, label) for method, label, _ in keys}, key=in_order):
             cells, seconds, any_found, scored = [], [], False, {}
             for name, folder in MODELS.items():
                 found = per_model[name]
