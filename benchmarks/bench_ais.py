@@ -8,8 +8,8 @@ test images, 16 chains, 10 leapfrog steps, AIS from the prior on a sigmoid sched
 BDMC code of Wu et al.): at each transition the decoder runs once for the weight update, once
 forward and backward at the start of the trajectory and at every leapfrog step, and twice more
 for the accept test. pyro_vae's ``ais_log_likelihood`` evaluates each density and gradient once
-per leapfrog step and reuses them for the accept test and the next weight, but runs a quarter
-more chains as pilots for the step sizes. Runs are interleaved in rounds; the table (median
+per leapfrog step and reuses them for the accept test and the next weight, but runs an eighth
+more chains (at least 2) as pilots for the step sizes. Runs are interleaved in rounds; the table (median
 seconds per run, ratio to the reference, ms per leapfrog step against one bare decoder forward
 and backward of the counted chains' batch) is printed and written to docs/benchmarks.md.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_machine, parse_bench_args, synchronize, write_section  # noqa: E402
 
 from pyro_vae import ais_log_likelihood, runs  # noqa: E402
-from pyro_vae.ais import ais_schedule  # noqa: E402
+from pyro_vae.ais import AISSettings, ais_schedule  # noqa: E402
 from pyro_vae.marginal import mean_and_stderr  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "results" / "paper-iwae-k5-7000ep-equal600-ema0.9999"
@@ -145,7 +145,7 @@ def main() -> None:
                 f"{CHAINS} chains, {LEAPFROG} leapfrog steps, AIS from the prior over {args.steps} densities, "
                 f"the three runs interleaved in {args.rounds} rounds in one process. The reference loop runs the "
                 f"decoder {LEAPFROG + 1} times forward and backward and 3 times forward per transition; pyro_vae "
-                f"{LEAPFROG} times forward and backward, on {CHAINS} counted and {max(2, CHAINS // 4)} pilot chains. "
+                f"{LEAPFROG} times forward and backward, on {CHAINS} counted and {AISSettings(num_chains=CHAINS).pilot_chains} pilot chains. "
                 f"Per leapfrog step: the run's time over its {args.steps - 1} transitions x {LEAPFROG} steps (the "
                 f"reference's includes its extra evaluations). The estimates differ by their Monte Carlo error "
                 f"(independent draws).\n\nMachine: {describe_machine(device)}.\n\n{table}")
