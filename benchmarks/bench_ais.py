@@ -35,6 +35,7 @@ from pyro_vae.marginal import mean_and_stderr  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "results" / "paper-iwae-k5-7000ep-equal600-ema0.9999"
 CHAINS, LEAPFROG = 16, 10
+PILOTS = AISSettings(num_chains=CHAINS).pilot_chains
 TARGETS = {"pyro_vae eager": 0.85, "pyro_vae --compile": 0.6}
 
 
@@ -145,7 +146,7 @@ def main() -> None:
                 f"{CHAINS} chains, {LEAPFROG} leapfrog steps, AIS from the prior over {args.steps} densities, "
                 f"the three runs interleaved in {args.rounds} rounds in one process. The reference loop runs the "
                 f"decoder {LEAPFROG + 1} times forward and backward and 3 times forward per transition; pyro_vae "
-                f"{LEAPFROG} times forward and backward, on {CHAINS} counted and {AISSettings(num_chains=CHAINS).pilot_chains} pilot chains. "
+                f"{LEAPFROG} times forward and backward, on {CHAINS} counted and {PILOTS} pilot chains. "
                 f"Per leapfrog step: the run's time over its {args.steps - 1} transitions x {LEAPFROG} steps (the "
                 f"reference's includes its extra evaluations). The estimates differ by their Monte Carlo error "
                 f"(independent draws).\n\nMachine: {describe_machine(device)}.\n\n{table}")
