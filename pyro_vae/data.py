@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,29 +34,10 @@ from .model import NUM_PIXELS
 from .seeds import derived_seed
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the rest of the package needs to know of a data set: its binarization when none is
-    asked for, the shape of an image (its pixels are stored flat), and its class names (None:
-    the labels are the digits)."""
-
-    default_binarization: str
-    image_shape: tuple[int, int] = (28, 28)
-    class_names: tuple[str, ...] | None = None
-
-
-DATASET_INFO = {
-    "mnist": DatasetInfo("none"),
-    "fashion-mnist": DatasetInfo("none", class_names=tuple(tv_datasets.FashionMNIST.classes)),
-    "binarized-mnist": DatasetInfo("static"),
-}
-DATASETS = tuple(DATASET_INFO)
 BINARIZATIONS = ("none", "dynamic", "static")
-DEFAULT_BINARIZATION = {name: info.default_binarization for name, info in DATASET_INFO.items()}
 DEFAULT_VALID_SIZE = 10_000
 EVAL_BINARIZATION_SEED = 0  # fixed: dynamically binarized valid/test sets are the same everywhere
 
-_TORCHVISION_CLASSES = {"mnist": tv_datasets.MNIST, "fashion-mnist": tv_datasets.FashionMNIST}
 _DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # md5 of the uncompressed MNIST IDX files (torchvision knows only those of the .gz files)
 _MNIST_IDX_MD5 = {
@@ -158,16 +139,12 @@ def search_roots(data_dir: str | os.PathLike | None) -> list[Path]:
 def resolve_binarization(dataset: str, binarize: str | None) -> str:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    binarize = binarize or DEFAULT_BINARIZATION[dataset]
+    info = DATASET_INFO[dataset]
+    binarize = binarize or info.default_binarization
     if binarize not in BINARIZATIONS:
         raise ValueError(f"unknown binarization {binarize!r}; choose from {', '.join(BINARIZATIONS)}")
-    if dataset == "binarized-mnist" and binarize != "static":
-        raise ValueError("binarized-mnist is already binary: its binarization is 'static'")
-    if dataset == "fashion-mnist" and binarize == "static":
-        raise ValueError(
-            "a static binarization exists only for MNIST (Larochelle & Murray); "
-            "binarize fashion-mnist 'dynamic'"
-        )
+    if binarize not in info.binarizations:
+        raise ValueError(info.refusal or f"{dataset} takes the binarizations {', '.join(info.binarizations)}")
     return binarize
 
 
@@ -187,10 +164,10 @@ def load_dataset(
         raise ValueError(f"another binarization seed draws a dynamically binarized test set anew; this run's data "
                          f"is binarized {binarize!r}")
     roots = search_roots(data_dir)
-    if binarize == "static":
+    if binarize == "static":  # Larochelle & Murray's files, whatever their grey-level source
         train, valid, test, source = _load_binarized_mnist(roots)
     else:
-        train, valid, test, source = _load_torchvision(name, roots, valid_size)
+        train, valid, test, source = DATASET_INFO[name].load(roots, valid_size)
         if binarize == "dynamic":
             generator = torch.Generator().manual_seed(eval_binarization_seed)
             valid = Split(torch.bernoulli(valid.images, generator=generator), valid.labels)
@@ -212,9 +189,13 @@ def _head(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
 # --- MNIST and Fashion-MNIST through torchvision ---------------------------------------------
 
 
-def _load_torchvision(name: str, roots: list[Path], valid_size: int):
-    cls = _TORCHVISION_CLASSES[name]
-    places = list(roots) + ([_DEBIAN_FASHION_DIR] if name == "fashion-mnist" else [])
+def _torchvision_loader(name: str, cls, extra_places: tuple[Path, ...] = ()) -> Callable:
+    """A data set's loader, (search roots, valid_size) -> (train, valid, test, folder read),
+    for one of torchvision's MNIST-like classes, looking also in ``extra_places``."""
+    return lambda roots, valid_size: _load_torchvision(name, cls, list(roots) + list(extra_places), valid_size)
+
+
+def _load_torchvision(name: str, cls, places: list[Path], valid_size: int):
     cache = default_cache_dir()
     for place in places:
         for folder in (place / cls.__name__ / "raw", place):
@@ -356,3 +337,35 @@ def _read_amat(path: Path, split: str) -> Split:
         )
     images = torch.from_numpy((digits - ord("0")).astype(np.float32).reshape(expected, NUM_PIXELS))
     return Split(images, None)
+
+
+# --- the registry: each data set in one place -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A data set: ``load(search roots, valid_size)`` gives (train, valid, test, the folder read)
+    with grey levels in [0, 1]; its binarization when none is asked for, the ``binarizations``
+    it takes (``refusal`` says why not another), the shape of an image (its pixels are stored
+    flat) and its class names (None: the labels are the digits)."""
+
+    default_binarization: str
+    load: Callable[[list[Path], int], tuple]
+    binarizations: tuple[str, ...] = BINARIZATIONS
+    refusal: str = ""
+    image_shape: tuple[int, int] = (28, 28)
+    class_names: tuple[str, ...] | None = None
+
+
+DATASET_INFO = {
+    "mnist": DatasetInfo("none", _torchvision_loader("mnist", tv_datasets.MNIST)),
+    "fashion-mnist": DatasetInfo(
+        "none", _torchvision_loader("fashion-mnist", tv_datasets.FashionMNIST, (_DEBIAN_FASHION_DIR,)),
+        binarizations=("none", "dynamic"),
+        refusal="a static binarization exists only for MNIST (Larochelle & Murray); binarize fashion-mnist 'dynamic'",
+        class_names=tuple(tv_datasets.FashionMNIST.classes)),
+    "binarized-mnist": DatasetInfo(
+        "static", lambda roots, valid_size: _load_binarized_mnist(roots), binarizations=("static",),
+        refusal="binarized-mnist is already binary: its binarization is 'static'"),
+}
+DATASETS = tuple(DATASET_INFO)
