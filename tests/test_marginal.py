@@ -138,24 +138,35 @@ def quadrature_log_px(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_lik + log_prior, dim=1) + math.log(dz)
 
 
-def test_bernoulli_vae_matches_quadrature_by_importance_sampling_and_ais():
+def briefly_fitted_vae_and_images() -> tuple[VAE, torch.Tensor]:
+    """A 1-D-latent Bernoulli VAE with a briefly fitted encoder (a realistic proposal), and six
+    of its training images."""
     vae = VAE(latent_dim=1, hidden_dims=(32,), binary_data=True)
     g = torch.Generator().manual_seed(0)
     prototypes = torch.rand(2, 784, generator=g)
     x_train = torch.bernoulli(prototypes[torch.arange(128) % 2], generator=g)
     elbo = make_elbo("trace")
     optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
-    for _ in range(300):  # a briefly fitted encoder: a realistic proposal
+    for _ in range(300):
         optimizer.zero_grad()
         elbo.differentiable_loss(vae.model, vae.guide, x_train).backward()
         optimizer.step()
-    x = x_train[:6]
+    return vae, x_train[:6]
+
+
+def test_bernoulli_vae_matches_quadrature_by_importance_sampling():
+    vae, x = briefly_fitted_vae_and_images()
     exact = quadrature_log_px(vae, x)
     result = estimate_per_item(vae.model, vae.guide, x, 5000, seed=0)
     assert abs((result["log_px"] - exact).mean().item()) < 0.05
     assert (result["elbo"] < exact).all()
-    # annealed importance sampling meets the same exact values; from the prior, whose mass lies
-    # far from this sharp posterior, it needs more intermediate densities
+
+
+def test_bernoulli_vae_matches_quadrature_by_ais():
+    """AIS meets the same exact values; from the prior, whose mass lies far from this sharp
+    posterior, it needs more intermediate densities."""
+    vae, x = briefly_fitted_vae_and_images()
+    exact = quadrature_log_px(vae, x)
     for init, steps in (("guide", 100), ("prior", 300)):
         ais = ais_log_likelihood(vae.model, vae.guide, x, num_chains=16, num_steps=steps, leapfrog_steps=5,
                                  init=init)
