@@ -96,8 +96,9 @@ class AISSettings:
     compile: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.schedule, str):
+        if not isinstance(self.schedule, str):  # explicit betas: they set the number of steps
             object.__setattr__(self, "schedule", tuple(float(b) for b in self.schedule))
+            object.__setattr__(self, "num_steps", len(self.schedule) - 1)
         if self.init not in ("guide", "prior"):
             raise ValueError(f"init must be 'guide' or 'prior', got {self.init!r}")
         for name in ("num_chains", "leapfrog_steps", "batch_size", "max_plate_nesting"):
@@ -112,11 +113,6 @@ class AISSettings:
 
     def betas(self) -> torch.Tensor:
         return ais_schedule(self.schedule, self.num_steps)
-
-    @property
-    def steps(self) -> int:
-        """T, the number of transitions (for an explicit schedule, its length minus one)."""
-        return len(self.betas()) - 1
 
     @property
     def pilot_chains(self) -> int:
@@ -389,8 +385,8 @@ def ais_per_item(model: Callable, guide: Callable, data: torch.Tensor, settings:
         for position, (index, begin) in enumerate(mine):
             torch.manual_seed(batch_seed(seed, index))
             x = data[begin:begin + s.batch_size]
-            batch_start = None if start is None else {
-                k: v[begin:begin + s.batch_size].unsqueeze(0).expand(s.num_chains, *v[begin:begin + len(x)].shape)
+            batch_start = None if start is None else {  # every chain starts at the item's latents
+                k: v[begin:begin + len(x)].expand(s.num_chains, *v[begin:begin + len(x)].shape)
                 for k, v in start.items()}
             batch_step_sizes = None if step_sizes is None else step_sizes[:, begin:begin + len(x)]
             parts[index] = ais_batch(model, guide, x, args, kwargs, s, betas, batch_start, batch_step_sizes,
@@ -428,8 +424,6 @@ def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *ar
         result = ais_log_likelihood(vae.model, vae.guide, test_images, num_chains=16, num_steps=1000)
         print(result.summary()["log_px_mean"])
     """
-    if not isinstance(schedule, str):
-        num_steps = len(schedule) - 1
     settings = AISSettings(num_chains, num_steps, leapfrog_steps, init, schedule, target_accept, step_size,
                            max_plate_nesting, batch_size, compile)
     if len(data) == 0:
@@ -437,7 +431,7 @@ def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *ar
     out = ais_per_item(model, guide, data, settings, args=args, kwargs=kwargs, seed=seed)
     return AISResult(log_px=log_mean_exp_over_chains(out["log_weights"]), log_weights=out["log_weights"],
                      acceptance=out["acceptance"], step_size=out["step_size"], num_chains=num_chains,
-                     num_steps=settings.steps)
+                     num_steps=settings.num_steps)
 
 
 @dataclass
@@ -497,8 +491,6 @@ def bdmc(model: Callable, guide: Callable, data: torch.Tensor, *args, num_items:
     1 / p(x)). Their mean gap bounds the error of AIS at these settings on data like the
     model's own. The AIS settings are :func:`ais_log_likelihood`'s.
     """
-    if not isinstance(schedule, str):
-        num_steps = len(schedule) - 1
     settings = AISSettings(num_chains, num_steps, leapfrog_steps, init, schedule, target_accept, step_size,
                            max_plate_nesting, batch_size, compile)
     simulated, forward, reverse = bdmc_per_item(model, guide, data, settings, num_items=num_items, args=args,

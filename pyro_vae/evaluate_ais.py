@@ -46,7 +46,7 @@ def bdmc_report_name(num_items: int, settings: AISSettings, seed: int, device_ty
 
 
 def _name(parts: list[str], s: AISSettings, subset, seed, device_type, last) -> str:
-    parts += [f"C{s.num_chains}", f"T{s.steps}", s.init]
+    parts += [f"C{s.num_chains}", f"T{s.num_steps}", s.init]
     parts += [f"L{s.leapfrog_steps}"] if s.leapfrog_steps != DEFAULTS.leapfrog_steps else []
     parts += [f"{s.schedule}"] if isinstance(s.schedule, str) and s.schedule != DEFAULTS.schedule else []
     parts += ["betas" + hashlib.sha256(repr(s.schedule).encode()).hexdigest()[:8]] \
@@ -197,7 +197,7 @@ def _scored_last(weights: str, config: dict) -> bool:
 
 
 def _common_settings(run_dir, settings: AISSettings, seed: int, torch_device, config: dict, weights: str) -> dict:
-    return {"run_dir": str(run_dir), **settings.as_dict(), "num_steps": settings.steps, "seed": seed,
+    return {"run_dir": str(run_dir), **settings.as_dict(), "seed": seed,
             "device": str(torch_device), "dataset": config["dataset"], "binarize": config["binarize"],
             "binarization_seed": 0, "weights": weights if config.get("ema_decay") else "last"}
 

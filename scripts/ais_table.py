@@ -45,13 +45,13 @@ def estimates(folder: Path) -> dict[tuple, dict]:
     return found
 
 
-def command(path: Path, folder: Path) -> str:
-    """The command that writes a report, read back from its name."""
+def command(path: Path, report: dict, folder: Path) -> str:
+    """The command that writes a report, read back from its name (and its device)."""
     stem = path.stem
     where = f"results/{folder.name}"
     if stem.startswith("eval_test_K"):
         k = stem.split("_K")[1]
-        device = json.loads(path.read_text())["settings"].get("device", "cpu")
+        device = report["settings"].get("device", "cpu")
         return f"python -m pyro_vae.evaluate {where} --num-samples {k}" + (" --device cuda" if device != "cpu" else "")
     m = re.match(r"eval_(test_ais|bdmc_N(\d+))_C(\d+)_T(\d+)_(guide|prior)(.*)", stem)
     flags = ["--method ais"] if m.group(1) == "test_ais" else [f"--bdmc {m.group(2)}"]
@@ -108,7 +108,7 @@ def main() -> None:
                 on = "" if device == "cpu" else f" ({'GPU' if device.startswith('cuda') else device})"
                 seconds.append(f"{report['seconds']:,.0f}{on}" if own else "")
                 if own:
-                    commands.append(command(path, RESULTS / folder))
+                    commands.append(command(path, report, RESULTS / folder))
             if any_found:
                 between = ""
                 if len(scored) == 2:
@@ -125,7 +125,7 @@ def main() -> None:
                         f"| {m['lower_mean']:.2f} ± {m['lower_stderr']:.2f} | {m['upper_mean']:.2f} ± "
                         f"{m['upper_stderr']:.2f} | {m['gap_mean']:+.3f} ± {m['gap_stderr']:.3f} | "
                         f"{m['acceptance_mean']:.2f} | {report['seconds']:,.0f} |")
-            commands.append(command(path, RESULTS / folder))
+            commands.append(command(path, report, RESULTS / folder))
     body = "\n".join(lines) + "\n\nBDMC on items simulated from each model (Grosse et al. 2015):\n\n" + "\n".join(bdmc)
     body += "\n\nCommands (each writes one report into its model's folder; `python scripts/ais_table.py` " \
             "rewrites this section from them):\n\n```bash\n" + "\n".join(dict.fromkeys(commands)) + "\n```"
