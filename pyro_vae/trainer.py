@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, runs
 from .data import Dataset, load_dataset
-from .evaluate import DEFAULT_IWAE_K
+from .evaluation import DEFAULT_IWAE_K
 from .fit import (Callback, Checkpoint, FitState, Interrupted, TrainingFailed, fit, make_step,  # noqa: F401
                   nonfinite_report)  # make_step and Interrupted re-exported
 from .model import VAE, build_model
@@ -540,7 +540,7 @@ def train_and_report(config: TrainConfig, resume: bool = False, overwrite: bool 
 
 def _train_and_report(config: TrainConfig, world, resume: bool, overwrite: bool, progress: bool,
                       dataset, may_change, iwae_k: int, eval_limit: int | None) -> dict:
-    from .evaluate import evaluate_run, format_summary
+    from .evaluation import evaluate_run, format_summary
     from .plots import draw_run_figures, run_title
 
     # train checks the run directory and a resumed run's settings before it reads the data

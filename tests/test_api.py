@@ -161,7 +161,8 @@ def test_the_library_does_not_reach_into_the_commands():
     package = Path(pyro_vae.__file__).parent
     library = [p for p in package.rglob("*.py") if "cli" not in p.relative_to(package).parts[:-1]]
     expected = {"fit", "marginal", "objectives", "estimators", "runs", "data", "trainer", "paper", "manifold",
-                "latent_sweep", "program_check"}
+                "latent_sweep", "program_check", "evaluation", "evaluation_ais", "comparison", "paired_scores",
+                "ais"}
     assert {p.stem for p in library} >= expected
     for path in library:
         tree = ast.parse(path.read_text())
@@ -171,10 +172,12 @@ def test_the_library_does_not_reach_into_the_commands():
                 (node.level >= 1 and module.split(".")[0] == "cli") or module.startswith("pyro_vae.cli")
                 or (node.level >= 1 and not module and any(alias.name == "cli" for alias in node.names)))
             if reaches_cli:
-                # the `python -m pyro_vae.X` entry points may start their command
-                inside_main_guard = any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)
-                                        and node in list(ast.walk(n)) for n in tree.body)
-                assert inside_main_guard, f"{path.name} imports pyro_vae.cli"
+                # a `python -m pyro_vae.X` entry point may start its command, and holds nothing
+                # else: a library module that did would be imported twice under `python -m`
+                body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+                thin_entry_point = len(body) == 1 and isinstance(body[0], ast.If) \
+                    and "__main__" in ast.unparse(body[0].test)
+                assert thin_entry_point, f"{path.name} imports pyro_vae.cli"
             if isinstance(node, ast.Raise) and node.exc is not None:
                 text = " ".join(c.value for c in ast.walk(node.exc)
                                 if isinstance(c, ast.Constant) and isinstance(c.value, str))
@@ -187,7 +190,7 @@ def test_a_committed_run_loads_and_scores_as_it_did(run, data_dir, tmp_path):
     import json
     from pathlib import Path
 
-    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.evaluation import evaluate_run
 
     run_dir = Path(__file__).resolve().parents[1] / "results" / run
     report = evaluate_run(run_dir, 5000, device="cpu", limit=100, data_dir=str(data_dir), progress=False,

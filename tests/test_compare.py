@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae import compare
+from pyro_vae import comparison as compare
 from pyro_vae.cli import compare as compare_cli
 from pyro_vae.gradients import gradient_moments, snr_summary
 from pyro_vae.model import VAE

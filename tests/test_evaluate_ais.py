@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pyro_vae import ais, evaluate_ais
+from pyro_vae import ais, evaluation_ais
 from pyro_vae.cli import evaluate
 from tests.conftest import REPO, call
 
@@ -47,7 +47,7 @@ def test_an_interrupted_evaluation_resumes_with_the_uninterrupted_numbers(run, m
     assert status == 0, err
     whole = json.loads((run / "whole.json").read_text())
 
-    ran, save = [], evaluate_ais.Parts.save
+    ran, save = [], evaluation_ais.Parts.save
 
     def counted(*args, **kwargs):
         ran.append(args)
@@ -59,13 +59,13 @@ def test_an_interrupted_evaluation_resumes_with_the_uninterrupted_numbers(run, m
         save(self, direction, index, result)
         if index == 1:
             raise KeyboardInterrupt
-    monkeypatch.setattr(evaluate_ais.Parts, "save", save_then_stop)
+    monkeypatch.setattr(evaluation_ais.Parts, "save", save_then_stop)
     out = run / "resumed.json"
     status, _ = call(evaluate.main, [str(run), "--method", "ais", *FAST, "--out", str(out)], capsys)
     assert status == 130 and not out.exists() and len(ran) == 2
     assert sorted(p.name for p in out.with_suffix(".parts").iterdir()) == ["forward-000000.pt", "forward-000001.pt"]
 
-    monkeypatch.setattr(evaluate_ais.Parts, "save", save)
+    monkeypatch.setattr(evaluation_ais.Parts, "save", save)
     status, err = call(evaluate.main, [str(run), "--method", "ais", *FAST, "--out", str(out)], capsys)
     assert status == 0, err
     assert len(ran) == 3  # only the third batch ran again
@@ -75,7 +75,7 @@ def test_an_interrupted_evaluation_resumes_with_the_uninterrupted_numbers(run, m
 
 def test_parts_of_another_model_are_refused(run, capsys):
     stale = run / "eval_test_ais_C4_T3_guide_L2_b2_first6.parts"
-    evaluate_ais.Parts(stale, "another model").save("forward", 0, {})
+    evaluation_ais.Parts(stale, "another model").save("forward", 0, {})
     status, err = call(evaluate.main, [str(run), "--method", "ais", *FAST], capsys)
     assert status == 2 and "computed for another model or other settings" in err and str(stale) in err, err
     assert (stale / "forward-000000.pt").exists()  # never removed on its own
@@ -108,7 +108,7 @@ def test_overwriting_a_run_removes_the_parts_of_its_old_evaluations(tmp_path):
     from pyro_vae import runs
 
     (tmp_path / "eval_test_K5.json").write_text("{}")
-    evaluate_ais.Parts(tmp_path / "eval_test_ais_C4_T3_guide.parts", "old model").save("forward", 0, {})
+    evaluation_ais.Parts(tmp_path / "eval_test_ais_C4_T3_guide.parts", "old model").save("forward", 0, {})
     (tmp_path / "notes.txt").write_text("the user's own file")
     runs.clear_run_outputs(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from pyro_vae.paired import paired_differences
+from pyro_vae.paired_scores import paired_differences
 from tests.conftest import run_cli
 
 
@@ -57,7 +57,7 @@ def test_the_command_prints_the_table_and_refuses_a_bad_file_in_one_line(tmp_pat
 
 
 def test_an_ais_report_pairs_with_an_importance_sampling_one():
-    from pyro_vae.paired import format_table
+    from pyro_vae.paired_scores import format_table
 
     a = report([-80.0, -90.0], [-85.0, -95.0])
     b = {"settings": {**a["settings"], "method": "ais", "num_chains": 16, "num_steps": 100, "init": "guide"},

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import evaluate, experiments, train
-from pyro_vae.evaluate import format_summary
+from pyro_vae.evaluation import format_summary
 from pyro_vae.marginal import low_ess_threshold, summarize
 from pyro_vae.runs import LOCK_FILE, claim_run_dir, load_checkpoint, read_metrics
 from pyro_vae.trainer import TrainConfig

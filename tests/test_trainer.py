@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import synthetic_dataset
 from pyro_vae import runs
-from pyro_vae.evaluate import evaluate_run
+from pyro_vae.evaluation import evaluate_run
 from pyro_vae.model import VAE
 from pyro_vae.trainer import TrainConfig, make_weight_average, train
 
@@ -75,7 +75,7 @@ def test_evaluate_scores_the_last_iterate_or_another_seed_on_request_without_tou
 
 def test_another_binarization_draw_of_the_test_set_is_scored_apart(tmp_path, data_dir):
     from pyro_vae.data import load_dataset
-    from pyro_vae.paired import paired_differences
+    from pyro_vae.paired_scores import paired_differences
 
     fixed = load_dataset("mnist", "dynamic", data_dir=data_dir, train_size=10)
     again = load_dataset("mnist", "dynamic", data_dir=data_dir, train_size=10, eval_binarization_seed=1)
@@ -104,7 +104,7 @@ def test_another_binarization_draw_of_the_test_set_is_scored_apart(tmp_path, dat
 
 def test_the_trained_model_is_scored_from_memory_with_the_numbers_a_reload_gives(tmp_path, monkeypatch):
     from pyro_vae import runs
-    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.evaluation import evaluate_run
     from pyro_vae.trainer import train_and_report
 
     run, data = tmp_path / "run", synthetic_dataset()

@@ -1,5 +1,5 @@
 """``python -m pyro_vae.compare RUN_DIR`` or ``... --train`` (``pyro-vae compare``): compare ELBO
-estimators on one trained model, or by training one model per estimator; see pyro_vae/compare.py."""
+estimators on one trained model, or by training one model per estimator; see pyro_vae/comparison.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..compare import Estimator, compare_fixed_model, compare_training
-from ..evaluate import DEFAULT_IWAE_K
+from ..comparison import Estimator, compare_fixed_model, compare_training
+from ..evaluation import DEFAULT_IWAE_K
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, positive_float, positive_int, run_main,
                train_config)
 

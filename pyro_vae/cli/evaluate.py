@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .. import distributed, runs
 from ..ais import AISSettings
-from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_IWAE_K, DEFAULT_MAX_MEMORY_MB, SPLITS, evaluate_run,
+from ..evaluation import (DEFAULT_BATCH_SIZE, DEFAULT_IWAE_K, DEFAULT_MAX_MEMORY_MB, SPLITS, evaluate_run,
                         format_summary)
 from . import ArgumentParser, TrainingFailed, UsageError, positive_float, positive_int, run_main
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   "--method is" if annealed else "--method ais or --bdmc")
     if annealed:
         report = _annealed(args)
-        from ..evaluate_ais import format_ais_summary as format_report
+        from ..evaluation_ais import format_ais_summary as format_report
     else:
         report = evaluate_run(args.run_dir, args.num_samples or 5000, args.split, args.device,
                               batch_size=args.batch_size, max_memory_mb=args.max_memory_mb or DEFAULT_MAX_MEMORY_MB,
@@ -104,7 +104,7 @@ def _refuse_flags(args, flags: dict[str, str], belongs_to: str) -> None:
 
 
 def _annealed(args) -> dict:
-    from ..evaluate_ais import bdmc_run, evaluate_run_ais
+    from ..evaluation_ais import bdmc_run, evaluate_run_ais
 
     if args.bdmc is not None and args.method == "ais":
         raise UsageError("--bdmc runs AIS itself on simulated items; give it without --method ais")

@@ -44,7 +44,7 @@ def train_config_from(settings, **overrides):
 
 def score_path_for(run_dir: Path, eval_samples: int, device: str) -> Path:
     """Where train_and_report writes a run's test score at the default settings."""
-    from ..evaluate import score_path
+    from ..evaluation import score_path
     from ..trainer import resolve_device
 
     return score_path(run_dir, eval_samples, resolve_device(device).type)

@@ -28,7 +28,7 @@ import torch
 
 from . import runs
 from .ais import AISSettings, ais_per_item, bdmc_per_item, log_mean_exp_over_chains
-from .evaluate import SPLITS, report_destination, write_report
+from .evaluation import SPLITS, report_destination, write_report
 from .marginal import mean_and_stderr
 
 PART_FORMAT = "pyro_vae-ais-part-1"
