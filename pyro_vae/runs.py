@@ -194,11 +194,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", marker: str 
 
 
 def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 evaluations: Sequence[str] = ("eval_test_K5000.json",)) -> Path:
+                 evaluations: Sequence[str] = ("eval_test_K5000.json",), figures: bool = True) -> Path:
     """Copy a finished run into ``out_dir`` as a small run directory: ``model.pt`` holding only the
     weights the run is scored by (the average, if it kept one) with its config and epoch, beside
-    its config.json, metrics.csv, learning curve, figures and the named evaluations. ``load_run``
-    and ``evaluate`` read it; it cannot be resumed (no optimizer or random state)."""
+    its config.json, metrics.csv, learning curve, the named evaluations and (with ``figures``) its
+    other PNGs. ``load_run`` and ``evaluate`` read it; it cannot be resumed (no optimizer or random
+    state)."""
     import shutil
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -211,7 +212,7 @@ def export_model(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                            "weights": "averaged" if averaged else "last",
                                            "model": state["model_ema"] if averaged else state["model"]},
                     MODEL_FORMAT)
-    names = [CONFIG_FILE, METRICS_FILE, CURVE_FILE, *evaluations, *(p.name for p in run_dir.glob("*.png"))]
+    names = [CONFIG_FILE, METRICS_FILE, CURVE_FILE, *evaluations, *(p.name for p in run_dir.glob("*.png") if figures)]
     for name in names:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out_dir / name)

@@ -14,8 +14,8 @@ curve         IS log p(x) of every weight snapshot a run kept (``snapshots/``): 
               curve in test NLL beside the per-epoch test ELBO, as CSV and PNG.
 paper-figure  The learning curves of several paper runs on one plot (docs/results.md).
 export        A finished run as a small directory: the weights it is scored by (model.pt), its
-              config, metrics, curves, figures and chosen evaluations; scored and loaded like a
-              run, but not resumable (results/ holds such copies).
+              config, metrics, curves, figures (unless --no-figures) and chosen evaluations;
+              scored and loaded like a run, but not resumable (results/ holds such copies).
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def build_parser() -> ArgumentParser:
     export_parser.add_argument("out_dir")
     export_parser.add_argument("--evaluations", nargs="+", default=["eval_test_K5000.json"],
                                help="the evaluation JSONs to copy (default eval_test_K5000.json)")
+    export_parser.add_argument("--no-figures", action="store_true",
+                               help="leave out the run's PNGs (reconstructions, samples): smaller")
     figures_parser = sub.add_parser("figures", help="reconstructions, prior samples, curves of a run")
     figures_parser.add_argument("run_dir")
     figures_parser.add_argument("--data-dir")
@@ -174,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .. import runs
 
             with runs.claim_run_dir(args.out_dir):
-                print(f"wrote {runs.export_model(args.run_dir, args.out_dir, args.evaluations)}")
+                out = runs.export_model(args.run_dir, args.out_dir, args.evaluations, figures=not args.no_figures)
+                print(f"wrote {out}")
             return
         if args.command == "curve":
             learning_curve(Path(args.run_dir), args.num_samples, args.device, args.data_dir, not args.no_progress)
