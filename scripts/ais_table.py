@@ -131,18 +131,16 @@ def main() -> None:
             "rewrites this section from them):\n\n```bash\n" + "\n".join(dict.fromkeys(commands)) + "\n```"
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(DOCS, "<!-- ais_table.py writes below this line -->", body)
 
 
-def write_section(body: str) -> None:
-    """Replace the section's table, between its heading's intro and the next "## " heading,
-    keeping the prose above the marker line."""
-    text = DOCS.read_text()
-    marker = "<!-- ais_table.py writes below this line -->"
+def write_section(docs: Path, marker: str, body: str) -> None:
+    """Replace what follows ``marker`` in ``docs`` up to the next heading by ``body``, keeping the
+    prose above the marker line."""
+    text = docs.read_text()
     start = text.index(marker) + len(marker)
-    end = text.find("\n## ", start)
-    end = len(text) if end < 0 else end
-    DOCS.write_text(text[:start] + "\n\n" + body.strip() + "\n" + text[end:])
+    end = min((i for i in (text.find("\n## ", start), text.find("\n### ", start)) if i >= 0), default=len(text))
+    docs.write_text(text[:start] + "\n\n" + body.strip() + "\n" + text[end:])
 
 
 if __name__ == "__main__":

@@ -226,3 +226,31 @@ def test_an_estimator_is_one_class_and_one_registration():
         assert parse_estimators("tempered:3")[0].particles == 3
     finally:
         del OBJECTIVES["tempered"]
+
+
+@pytest.mark.parametrize("name, jit_class", [("trace", "JitTrace_ELBO"), ("meanfield", "JitTraceMeanField_ELBO")])
+def test_the_jit_variant_is_pyros_and_estimates_the_eager_loss(name, jit_class):
+    """make_elbo(..., jit=True), the library's one way to Pyro's Jit* ELBOs: the traced loss is
+    repeatable at a seed and, over many draws, has the eager loss's mean (the traced graph draws
+    its noise in another order, so single draws differ)."""
+    import warnings
+    x = images()
+    means = []
+    for jit in (False, True):
+        pyro.clear_param_store()  # else the store keeps the first model's parameters under these names
+        vae = small_vae()
+        elbo = make_elbo(name, 2, vectorize=True, jit=jit)
+        assert (type(elbo).__name__ == jit_class) == jit
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
+            losses = []
+            for seed in range(50):
+                pyro.set_rng_seed(seed)
+                losses.append(float(elbo.loss_and_grads(vae.model, vae.guide, x)))
+            pyro.set_rng_seed(0)
+            assert float(elbo.loss_and_grads(vae.model, vae.guide, x)) == losses[0]
+        means.append(torch.tensor(losses, dtype=torch.float64))
+    eager, traced = means
+    stderr = (eager.var() / len(eager) + traced.var() / len(traced)).sqrt()
+    assert (traced.mean() - eager.mean()).abs() < 4 * stderr
+    assert eager.std() > 0 and traced.std() > 0
