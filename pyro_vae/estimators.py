@@ -437,7 +437,10 @@ class PIWAE(MIWAE):
         model_weights = torch.softmax(stopped, dim=0)  # a: IWAE_MK
         group_lse = self.grouped(stopped).logsumexp(1, keepdim=True)
         miwae_weights = (torch.softmax(self.grouped(stopped), dim=1) / self.num_estimates).reshape_as(log_w)  # b
-        ratio = torch.exp(stopped.logsumexp(0) - group_lse - math.log(self.num_estimates))  # b / a, per estimate
+        # b / a, per estimate, capped below float overflow: an estimate whose weight among all M·K
+        # draws underflows has a = 0 (or denormal) for its draws, and 0 × inf would be NaN
+        log_ratio = stopped.logsumexp(0) - group_lse - math.log(self.num_estimates)
+        ratio = torch.exp(log_ratio.clamp(max=math.log(torch.finfo(log_ratio.dtype).max) - 1.0))
         path.set(ratio.expand(self.num_estimates, self.num_particles, -1).reshape_as(log_w))
         surrogate = (model_weights * log_w).sum() \
             - ((miwae_weights - model_weights) * w.log_q_at_stopped_samples()).sum()
