@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -195,13 +195,23 @@ def _torchvision_loader(name: str, cls, extra_places: tuple[Path, ...] = ()) -> 
     return lambda roots, valid_size: _load_torchvision(name, cls, list(roots) + list(extra_places), valid_size)
 
 
+def raw_folder(cls, places: Sequence[Path]) -> Path | None:
+    """The first folder that holds all of a torchvision data set's raw files (``cls.resources``,
+    compressed or not), looking in each place as ``<place>/<Class>/raw/`` and then ``<place>/``;
+    None if none does (an empty folder left by a failed download does not count)."""
+    for place in places:
+        for folder in (Path(place) / cls.__name__ / "raw", Path(place)):
+            if _has_files(cls, folder):
+                return folder
+    return None
+
+
 def _load_torchvision(name: str, cls, places: list[Path], valid_size: int):
     cache = default_cache_dir()
-    for place in places:
-        for folder in (place / cls.__name__ / "raw", place):
-            if _has_files(cls, folder):
-                root = _torchvision_root(cls, folder, cache)
-                return _read_torchvision(cls, root, folder, valid_size) + (folder,)
+    folder = raw_folder(cls, places)
+    if folder is not None:
+        root = _torchvision_root(cls, folder, cache)
+        return _read_torchvision(cls, root, folder, valid_size) + (folder,)
     if os.environ.get("PYRO_VAE_NO_DOWNLOAD"):
         why = "downloading is off ($PYRO_VAE_NO_DOWNLOAD is set)"
     else:

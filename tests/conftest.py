@@ -10,18 +10,17 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.data import Dataset, Split, default_cache_dir, search_roots
+from pyro_vae.data import Dataset, Split, default_cache_dir, raw_folder, search_roots
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def real_data_dir() -> Path | None:
     """Where MNIST is, looked for exactly as the project looks (pyro_vae.data.search_roots:
-    $PYRO_VAE_DATA, then the default cache that `python -m pyro_vae.train` downloads into)."""
-    for root in search_roots(None):
-        if (root / "MNIST" / "raw").is_dir():
-            return root
-    return None
+    $PYRO_VAE_DATA, then the default cache that `python -m pyro_vae.train` downloads into;
+    raw_folder: all four files there, not just a folder a failed download left)."""
+    from torchvision.datasets import MNIST
+    return next((root for root in search_roots(None) if raw_folder(MNIST, [root]) is not None), None)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Sequence
 from .. import distributed, runs
 from ..ais import AISSettings
 from ..evaluation import (DEFAULT_BATCH_SIZE, DEFAULT_IWAE_K, DEFAULT_MAX_MEMORY_MB, SPLITS, evaluate_run,
-                        format_summary)
+                          format_summary)
 from . import ArgumentParser, TrainingFailed, UsageError, positive_float, positive_int, run_main
 
 AIS_DEFAULTS = AISSettings()
