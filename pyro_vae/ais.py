@@ -124,9 +124,17 @@ class AISSettings:
 
 @dataclass
 class AISResult:
-    """Per-item AIS estimates: ``log_px`` (float64, one per item), the chains' ``log_weights``
-    (chains, items), each item's mean HMC ``acceptance`` and its ``step_size`` at each
-    intermediate density (steps, items), set by the pilot chains."""
+    """Per-item AIS estimates, as :func:`ais_log_likelihood` returns them.
+
+    :ivar torch.Tensor log_px: log p^(x) per item (float64): the log-mean-exp over chains of
+        the AIS log-weights, a stochastic lower bound on log p(x).
+    :ivar torch.Tensor log_weights: each chain's AIS log-weight, shape (chains, items).
+    :ivar torch.Tensor acceptance: each item's mean HMC acceptance rate.
+    :ivar torch.Tensor step_size: each item's HMC step size at each transition, shape
+        (transitions, items), set by the pilot chains.
+    :ivar int num_chains: chains per item.
+    :ivar int num_steps: T, the number of intermediate densities after f_0.
+    """
 
     log_px: torch.Tensor
     log_weights: torch.Tensor
@@ -408,16 +416,40 @@ def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *ar
                        schedule: str | Sequence[float] = "sigmoid", target_accept: float = 0.65,
                        step_size: float = 0.1, seed: int = 0, max_plate_nesting: int = 1, batch_size: int = 100,
                        compile: bool = False, **kwargs) -> AISResult:
-    """AIS estimate of log p(x) for each item of ``data`` (see the module's docstring).
+    """Annealed importance sampling (Neal 2001) of log p(x) for each item of ``data``, with HMC
+    transitions between the intermediate densities f_β (see the module's docstring):
+    f_β = q(z|x)^(1-β) p(x, z)^β from the guide, or p(z) p(x|z)^β from the prior. Each chain's
+    weight is an unbiased estimate of p(x), so log p^(x) is a stochastic lower bound that
+    tightens as ``num_steps`` grows.
 
     ``data`` goes in batches of ``batch_size`` items along dim 0, each passed as the first
     argument of ``model`` and ``guide`` (``*args`` and ``**kwargs`` after it), every sample site
-    in the data plate (dim ``-max_plate_nesting``), as for :func:`estimate_log_likelihood`.
-    ``schedule`` is "sigmoid", "linear" or the betas themselves (then ``num_steps`` is their
-    number minus one); ``step_size`` is where each item's HMC step size starts. ``compile``
-    traces and compiles the HMC transition (the model's structure must not depend on the
-    values, as for ``fit(..., compile=True)``). A given ``seed`` gives the same numbers; the
+    in the data plate (dim ``-max_plate_nesting``), as for :func:`estimate_log_likelihood`;
+    anything else is a ValueError naming the site. A given ``seed`` gives the same numbers; the
     caller's random state is left as it was.
+
+    :param callable model: a Pyro model p(x, z) whose observed site takes the item.
+    :param callable guide: a Pyro guide q(z|x) with a reparameterized sample site per latent.
+    :param torch.Tensor data: the items, along dim 0.
+    :param int num_chains: AIS chains per item (default 16, as Wu et al.).
+    :param int num_steps: T, the intermediate densities after f_0 (T - 1 HMC transitions).
+    :param int leapfrog_steps: leapfrog steps per HMC transition.
+    :param str init: "guide" (start from q(z|x)) or "prior" (from the model's own prior).
+    :param schedule: "sigmoid" (Grosse et al. 2015), "linear", or the increasing betas from
+        0 to 1 themselves (then ``num_steps`` is their number minus one).
+    :param float target_accept: the acceptance rate the pilot chains tune each item's step
+        size toward, at each intermediate density.
+    :param float step_size: where each item's step size starts.
+    :param int seed: the random seed of the draws.
+    :param int max_plate_nesting: the number of plates the programs nest.
+    :param int batch_size: items per batch (memory grows with items × chains).
+    :param bool compile: trace and compile the whole HMC transition once (the model's
+        structure must not depend on the values, as for ``fit(..., compile=True)``).
+    :returns: an :class:`AISResult`.
+
+    References: R. M. Neal, Annealed importance sampling, Statistics and Computing 2001;
+    Y. Wu, Y. Burda, R. Salakhutdinov, R. Grosse, On the Quantitative Analysis of
+    Decoder-Based Generative Models, ICLR 2017 (arXiv:1611.04273).
 
     Example, on a user's own model::
 
@@ -436,8 +468,12 @@ def ais_log_likelihood(model: Callable, guide: Callable, data: torch.Tensor, *ar
 
 @dataclass
 class BDMCResult:
-    """Bidirectional Monte Carlo on items simulated from the model: per item, forward AIS's
-    ``lower`` and reverse AIS's ``upper`` stochastic bounds on log p(x), and the items (``data``)."""
+    """Bidirectional Monte Carlo on items simulated from the model, as :func:`bdmc` returns it.
+
+    :ivar torch.Tensor lower: forward AIS's stochastic lower bound on each item's log p(x).
+    :ivar torch.Tensor upper: reverse AIS's stochastic upper bound on each item's log p(x).
+    :ivar torch.Tensor data: the simulated items.
+    """
 
     lower: torch.Tensor
     upper: torch.Tensor
@@ -489,7 +525,19 @@ def bdmc(model: Callable, guide: Callable, data: torch.Tensor, *args, num_items:
     bound on each log p(x); reverse AIS, started at the simulated z (an exact posterior draw
     for that x) and run from β = 1 to 0, a stochastic upper bound (its weights estimate
     1 / p(x)). Their mean gap bounds the error of AIS at these settings on data like the
-    model's own. The AIS settings are :func:`ais_log_likelihood`'s.
+    model's own.
+
+    :param callable model: a Pyro model with one observed site (the one simulated).
+    :param callable guide: a Pyro guide, as for :func:`ais_log_likelihood`.
+    :param torch.Tensor data: gives only the items' shape (and the arguments after it).
+    :param int num_items: the number of items to simulate.
+    :param int seed: the random seed; the simulation, forward and reverse runs draw apart.
+    :returns: a :class:`BDMCResult`.
+
+    The other parameters are :func:`ais_log_likelihood`'s.
+
+    References: R. B. Grosse, Z. Ghahramani, R. P. Adams, Sandwiching the marginal likelihood
+    using bidirectional Monte Carlo, arXiv:1511.02543 (2015); Wu et al., ICLR 2017.
     """
     settings = AISSettings(num_chains, num_steps, leapfrog_steps, init, schedule, target_accept, step_size,
                            max_plate_nesting, batch_size, compile)

@@ -115,7 +115,12 @@ class TensorBatches:
 class Checkpoint(Callback):
     """After each epoch, save what a resume needs to go on exactly (weights, optimizer, position,
     history, the RNG states) to ``path``, atomically; with ``resume``, start from that file (or
-    from an already loaded checkpoint dict) instead of from scratch."""
+    from an already loaded checkpoint dict) instead of from scratch.
+
+    :param path: the checkpoint file (written through a temporary file and a rename).
+    :param resume: False to start afresh, True to resume from ``path``, or a checkpoint dict
+        already loaded (with ``torch.load(..., weights_only=True)``).
+    """
 
     def __init__(self, path: str | os.PathLike, resume: bool | dict = False):
         self.path, self.resume = Path(path), resume
@@ -198,7 +203,21 @@ def fit(module: nn.Module, data, elbo, *, epochs: int, batch_size: int,
     objective over the epoch, in nats per item). ``optimizer`` defaults to Adam(lr 1e-3).
     With several processes, rank r of ``world_size`` takes the r-th slice of each step's items.
     ``compile`` traces the step once and compiles it (compiled.py: same draws, same numbers up
-    to floating-point rounding, a one-off compilation of tens of seconds)."""
+    to floating-point rounding, a one-off compilation of tens of seconds).
+
+    :param torch.nn.Module module: holds ``model`` and ``guide`` methods and their parameters.
+    :param data: a tensor of items along dim 0, or a batches object (``data.epoch_batches``).
+    :param elbo: a Pyro ELBO, e.g. from :func:`make_elbo`.
+    :param int epochs: passes over the data.
+    :param int batch_size: items per step (per process).
+    :param optimizer: a torch optimizer over ``module``'s parameters.
+    :param callbacks: :class:`Callback` objects (e.g. :class:`Checkpoint`), called in order.
+    :param int seed: the random seed of the shuffles and draws.
+    :param int rank: this process's rank, for data-parallel runs.
+    :param int world_size: the number of processes.
+    :param bool compile: compile the step (``torch.compile`` of the traced step).
+    :returns: the final :class:`FitState`.
+    """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     batches = TensorBatches(data) if isinstance(data, torch.Tensor) else data

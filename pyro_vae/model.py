@@ -86,6 +86,14 @@ class VAE(nn.Module):
 
     ``hidden_dims`` lists the encoder's hidden layers; the decoder mirrors them.
     ``binary_data=False`` lets the likelihood score grey levels (the seed's cross-entropy).
+
+    :param int latent_dim: J, the size of z.
+    :param hidden_dims: the encoder's tanh hidden layers (784-500-J by default, Kingma & Welling's).
+    :param bool binary_data: a Bernoulli likelihood of binary pixels; False scores grey levels
+        by the same cross-entropy (not a normalized density).
+
+    Reference: D. P. Kingma, M. Welling, Auto-Encoding Variational Bayes, ICLR 2014
+    (arXiv:1312.6114), appendix C.
     """
 
     def __init__(self, latent_dim: int = 20, hidden_dims: Sequence[int] = (500,), binary_data: bool = False):
@@ -135,6 +143,11 @@ class TwoLayerVAE(nn.Module):
         p(x|z1) = Bernoulli(sigmoid(f(z1)))                          z1 -> 200 -> 200 tanh -> 784
         q(z1|x) = N(mu(x), sigma(x))       x -> 200 -> 200 tanh -> z1
         q(z2|z1) = N(mu(z1), sigma(z1))    z1 -> 100 -> 100 tanh -> z2
+
+    :param bool binary_data: a Bernoulli likelihood of binary pixels (their benchmark's).
+
+    Reference: Y. Burda, R. Grosse, R. Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016
+    (arXiv:1509.00519), appendix C.
     """
 
     latent_dims = (100, 50)

@@ -264,7 +264,18 @@ def register_objective(name: str, factory: Callable[..., ELBO], options: dict | 
     It is called with ``num_particles``, ``vectorize``, ``jit``, ``max_plate_nesting`` and the
     options given to make_elbo as keywords, and returns a Pyro ELBO. ``options`` (option ->
     default) are the options it takes; by default they are read from its signature (its keyword
-    parameters beyond those four; a ``**kwargs`` takes any). ``make_elbo`` refuses any other."""
+    parameters beyond those four; a ``**kwargs`` takes any). ``make_elbo`` refuses any other.
+
+    :param str name: the name ``make_elbo`` and ``--elbo`` take.
+    :param callable factory: ``factory(num_particles=, vectorize=, jit=, max_plate_nesting=,
+        **options)`` returning a Pyro ELBO (a class with that signature will do).
+    :param dict options: option -> default; None reads them from the factory's signature.
+    :param str summary: one line for the commands' help and docs/cli.md's table.
+    :param str sample_symbol: how labels name the sample count ("L" for the ELBO's particles).
+    :param bool multi_estimate: the estimator takes M estimates of K (labels "M=2 K=4").
+    :returns: the registered record.
+    :raises ValueError: if ``name`` is taken.
+    """
     if not callable(factory):
         raise TypeError(f"the factory of objective {name!r} must be callable, got {type(factory).__name__}")
     if name in OBJECTIVES:
@@ -340,7 +351,20 @@ def make_elbo(name: str, num_particles: int = 1, vectorize: bool = False, jit: b
     one vectorized pass if ``vectorize`` (particles at dim -(max_plate_nesting + 1)); ``options``
     go to the estimator (e.g. ``alpha`` for renyi) and are checked against its record: an option
     it does not take, or a bad value, is a ValueError. Use it as any Pyro ELBO:
-    ``elbo.differentiable_loss(model, guide, x)`` or ``pyro.infer.SVI(model, guide, optim, elbo)``."""
+    ``elbo.differentiable_loss(model, guide, x)`` or ``pyro.infer.SVI(model, guide, optim, elbo)``.
+
+    :param str name: ``trace``, ``meanfield``, ``iwae``, ``renyi``, ``stl``, ``dreg``,
+        ``miwae``, ``piwae``, ``ciwae`` or one registered by :func:`register_objective`.
+    :param int num_particles: L (the ELBO's samples) or K (a multi-sample bound's) per item.
+    :param bool vectorize: draw the particles in one vectorized pass.
+    :param bool jit: Pyro's ``Jit*`` variant (trace and meanfield only).
+    :param int max_plate_nesting: the number of plates the programs nest.
+    :param options: the estimator's own (``alpha``, ``beta``, ``num_estimates``).
+    :returns: a :class:`pyro.infer.ELBO`.
+
+    Each estimator's class documents its bound, gradient and reference (pyro_vae/estimators.py,
+    pyro_vae/objectives.py; docs/estimators.md compares them).
+    """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; registered: {', '.join(OBJECTIVES)}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:

@@ -295,7 +295,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_run(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
-    """The trained VAE of a run directory, on ``device``, in eval mode."""
+    """The trained VAE of a run directory, on ``device``, in eval mode.
+
+    :param run_dir: a run directory written by ``pyro_vae.train`` (its ``checkpoint.pt``, or
+        an exported run's ``model.pt``), read with ``torch.load(..., weights_only=True)``.
+    :param device: where the weights go.
+    :returns: the model (:class:`VAE` or :class:`TwoLayerVAE`), with the run's averaged weights
+        if it kept them.
+    :raises ValueError: for a missing, corrupt or foreign checkpoint.
+    """
     return load_run_and_config(run_dir, device)[0]
 
 
