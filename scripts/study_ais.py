@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ais_table import write_section
+from pyro_vae.comparison import FINISHED_FILE
 from pyro_vae.marginal import mean_and_stderr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,8 @@ def score(row: dict) -> str:
     """Export one trained run (if not yet) and score it by AIS (if not yet); returns a line to print."""
     trained, exported = STUDY / "training" / row["run"], STUDY / "models" / row["run"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if not (exported / "model.pt").is_file() and not (trained / FINISHED_FILE).is_file():
+        return f"{row['label']}: not trained and scored yet ({trained}), skipped"
     if not (exported / "model.pt").is_file():
         subprocess.run([sys.executable, "-m", "pyro_vae.experiments", "export", str(trained), str(exported),
                         "--evaluations", IS_REPORT, "--no-figures"], check=True, env=env)
@@ -119,11 +122,15 @@ def table() -> str:
 
 
 def main() -> None:
+    global STUDY
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--score", action="store_true", help="export and score by AIS what is not yet scored")
     parser.add_argument("--jobs", type=int, default=1, help="models scored at once, one thread each (default 1)")
     parser.add_argument("--no-write", action="store_true", help="print the section only")
+    parser.add_argument("--study", type=Path, default=STUDY,
+                        help=f"the study's folder (default {STUDY.relative_to(ROOT)})")
     args = parser.parse_args()
+    STUDY = args.study.resolve()
     if args.score:
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(score, study_runs()):
