@@ -39,7 +39,8 @@ IS_REPORT = "eval_test_K5000_first1000_iwae64.json"
 AIS_FLAGS = ["--method", "ais", "--limit", "1000", "--compile", "--no-progress"]
 # pairs whose difference the study's prose discusses: (higher, lower)
 PAIRS = [("meanfield", "trace"), ("stl", "trace"), ("stl", "meanfield"), ("iwae", "trace"), ("dreg", "iwae"),
-         ("miwae", "iwae"), ("piwae", "iwae"), ("piwae", "miwae"), ("renyi", "iwae"), ("iwae", "ciwae")]
+         ("miwae", "iwae"), ("piwae", "iwae"), ("piwae", "miwae"), ("dreg", "piwae"), ("renyi", "iwae"),
+         ("iwae", "ciwae")]
 
 
 def study_runs() -> list[dict]:
