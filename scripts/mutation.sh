@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 python -m pip install -q "mutmut==2.5.1"
 # the two slowest statistical tests (AIS against quadrature, 14 s; 4,000 gradient draws on a
 # subsampled plate, 28 s) are left out: each mutant would take them, and their faster
-# neighbours check the same code paths
+# neighbours check the same code paths. marginal.py's refusals are tested through the public
+# API (test_api.py) and its per-item sums' site filters by AIS (test_ais.py)
 declare -A TESTS=(
-    [marginal]='tests/test_marginal.py -k "not by_ais"'
+    [marginal]='tests/test_marginal.py tests/test_api.py tests/test_ais.py -k "not by_ais and not committed and not compiled and not bdmc and not invariant"'
     [estimators]='tests/test_estimators.py tests/test_subsample.py -k "not plain_pytorch_reference"'
     [objectives]='tests/test_objectives.py tests/test_valid_programs.py'
 )
