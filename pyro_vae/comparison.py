@@ -56,6 +56,11 @@ class Estimator:
         options = {"num_estimates": self.estimates} if self.multi_estimate else {}
         return make_elbo(self.name, self.particles, vectorize=self.samples > 1, **options)
 
+    def run_name(self, budget: str) -> str:
+        """The folder of its run in a training comparison, e.g. ``piwae-2x4-epochs``."""
+        shape = f"{self.estimates}x{self.particles}" if self.estimates > 1 else f"{self.particles}"
+        return f"{self.name}-{shape}-{budget}"
+
     def train_settings(self) -> dict:
         """The TrainConfig fields that make this estimator."""
         extra = {"num_estimates": self.estimates} if self.multi_estimate else {}
@@ -268,8 +273,7 @@ def _compare_training(specs: list[Estimator], out: Path, base, wall_seconds: flo
     results = []
     for budget, limits in budgets:
         for spec in specs:
-            tag = f"{spec.name}-{spec.estimates}x{spec.particles}-{budget}" if spec.estimates > 1 else \
-                f"{spec.name}-{spec.particles}-{budget}"
+            tag = spec.run_name(budget)
             config = dataclasses.replace(base, **limits, **spec.train_settings(), run_dir=str(out / tag))
             # an interrupted comparison goes on: a run trained and scored with these settings is
             # reused (wherever the comparison's folder has moved), an unfinished one resumed

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from ais_table import write_section
-from pyro_vae.comparison import FINISHED_FILE
+from pyro_vae import runs
+from pyro_vae.comparison import FINISHED_FILE, Estimator
 from pyro_vae.marginal import mean_and_stderr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,25 +44,24 @@ PAIRS = [("meanfield", "trace"), ("stl", "trace"), ("stl", "meanfield"), ("iwae"
          ("iwae", "ciwae")]
 
 
-def study_runs() -> list[dict]:
+def study_runs(study: Path) -> list[dict]:
     """The study's rows in its table's order, each with the name of its run folder."""
-    rows = json.loads((STUDY / "training" / "comparison.json").read_text())["estimators"]
+    rows = json.loads((study / "training" / "comparison.json").read_text())["estimators"]
     for row in rows:
-        shape = f"{row['estimates']}x{row['particles']}" if row["estimates"] > 1 else f"{row['particles']}"
-        row["run"] = f"{row['estimator']}-{shape}-{row['budget']}"
+        row["run"] = Estimator(row["estimator"], row["particles"], row["estimates"]).run_name(row["budget"])
     return rows
 
 
-def score(row: dict) -> str:
+def score(study: Path, row: dict) -> str:
     """Export one trained run (if not yet) and score it by AIS (if not yet); returns a line to print."""
-    trained, exported = STUDY / "training" / row["run"], STUDY / "models" / row["run"]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    if not (exported / "model.pt").is_file() and not (trained / FINISHED_FILE).is_file():
-        return f"{row['label']}: not trained and scored yet ({trained}), skipped"
+    trained, exported = study / "training" / row["run"], study / "models" / row["run"]
     if not (exported / "model.pt").is_file():
-        subprocess.run([sys.executable, "-m", "pyro_vae.experiments", "export", str(trained), str(exported),
-                        "--evaluations", IS_REPORT, "--no-figures"], check=True, env=env)
+        if not (trained / FINISHED_FILE).is_file():
+            return f"{row['label']}: not trained and scored yet ({trained}), skipped"
+        with runs.claim_run_dir(exported):  # as `python -m pyro_vae.experiments export ... --no-figures`
+            runs.export_model(trained, exported, [IS_REPORT], figures=False)
     if not list(exported.glob("eval_test_ais_*_first1000.json")):
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         subprocess.run([sys.executable, "-m", "pyro_vae.evaluate", str(exported), *AIS_FLAGS],
                        check=True, env=env, stdout=subprocess.DEVNULL)
     return f"{row['label']}: scored"
@@ -78,9 +78,9 @@ def per_image(folder: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
             torch.tensor(ais["per_image"]["log_px"], dtype=torch.float64), ais)
 
 
-def table() -> str:
-    rows = study_runs()
-    scores = {row["estimator"]: per_image(STUDY / "models" / row["run"]) for row in rows}
+def table(study: Path) -> str:
+    rows = study_runs(study)
+    scores = {row["estimator"]: per_image(study / "models" / row["run"]) for row in rows}
     labels = {row["estimator"]: row["label"] for row in rows}
     first = rows[0]["estimator"]
 
@@ -91,9 +91,9 @@ def table() -> str:
     lines = [f"| estimator | IS K = 5,000 | AIS T = {settings['num_steps']} | AIS − IS (paired) "
              f"| IS minus {labels[first]} (paired) | AIS minus {labels[first]} (paired) | AIS acceptance "
              "| AIS seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base_is, base_ais, _ = scores[first]
     for row in rows:
         importance, ais, report = scores[row["estimator"]]
-        base_is, base_ais, _ = scores[first]
         same = row["estimator"] == first
         lines.append(f"| {row['label']} | {importance.mean():.2f} | {ais.mean():.2f} | {paired(ais - importance)} "
                      f"| {'' if same else paired(importance - base_is)} | {'' if same else paired(ais - base_ais)} "
@@ -108,11 +108,11 @@ def table() -> str:
     def ranking(index: int) -> str:
         order = sorted(scores, key=lambda name: -scores[name][index].mean().item())
         return " > ".join(order)
-    s = settings
     body = "\n".join(lines) + "\n\n" + "\n".join(pairs) + "\n\n"
     body += f"Ranked by IS: {ranking(0)}.  \nRanked by AIS: {ranking(1)}.\n\n"
-    body += (f"AIS from the guide, {s['num_chains']} chains, T = {s['num_steps']} densities, {s['leapfrog_steps']} "
-             "leapfrog steps, on the same first 1,000 test images (the same binarization) as the IS scores. "
+    body += (f"AIS from the guide, {settings['num_chains']} chains, T = {settings['num_steps']} densities, "
+             f"{settings['leapfrog_steps']} leapfrog steps, on the same first 1,000 test images (the same "
+             "binarization) as the IS scores. "
              "The models and both reports of each are in `results/estimator-study/models/`; the commands:\n\n"
              "```bash\npython scripts/study_ais.py --score --jobs 2   # for each model: "
              "python -m pyro_vae.experiments export results/estimator-study/training/<run> "
@@ -123,7 +123,6 @@ def table() -> str:
 
 
 def main() -> None:
-    global STUDY
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--score", action="store_true", help="export and score by AIS what is not yet scored")
     parser.add_argument("--jobs", type=int, default=1, help="models scored at once, one thread each (default 1)")
@@ -131,12 +130,12 @@ def main() -> None:
     parser.add_argument("--study", type=Path, default=STUDY,
                         help=f"the study's folder (default {STUDY.relative_to(ROOT)})")
     args = parser.parse_args()
-    STUDY = args.study.resolve()
+    study = args.study.resolve()
     if args.score:
         with ThreadPoolExecutor(args.jobs) as pool:
-            for line in pool.map(score, study_runs()):
+            for line in pool.map(lambda row: score(study, row), study_runs(study)):
                 print(line, flush=True)
-    body = table()
+    body = table(study)
     print(body)
     if not args.no_write:
         write_section(DOCS, MARKER, body)
