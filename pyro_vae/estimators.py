@@ -276,7 +276,8 @@ class RenyiBound(PerItemELBO):
     gradient of log w) as a tensor, so any torch optimizer can drive it. alpha = 0 is Burda et
     al.'s IWAE bound; alpha = 1 is the ELBO (use trace).
 
-    :param float alpha: a finite number other than 1.
+    :param float alpha: Renyi's alpha, a finite number other than 1 (0 is IWAE; 1 would be the
+        ELBO).
     :param bool vectorize_particles: draw the K particles in one pass (default) or one by one.
     """
 
@@ -366,7 +367,7 @@ class MIWAE(PerItemELBO):
 
     from M·K draws. M = 1 is IWAE, K = 1 the ELBO with M particles.
 
-    :param int num_estimates: M, a positive integer.
+    :param int num_estimates: M, the number of IWAE estimates averaged (M = 1 is IWAE).
     """
 
     name = "miwae"
@@ -393,7 +394,7 @@ class CIWAE(PerItemELBO):
     r"""Rainforth et al. (2018): a convex combination of the ELBO and the IWAE bound on the same
     K samples, :math:`s \sum_i [\beta \cdot \mathrm{ELBO}_i + (1 - \beta) \cdot \mathrm{IWAE}_{K,i}]`.
 
-    :param float beta: the ELBO's weight, in [0, 1].
+    :param float beta: the ELBO's weight, in [0, 1] (1 is the ELBO, 0 IWAE).
     """
 
     name = "ciwae"

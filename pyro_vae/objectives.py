@@ -28,6 +28,7 @@ commands' ``--elbo`` choices, labels and option flags are read from :data:`OBJEC
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -196,7 +197,9 @@ class Objective:
     :param summary: one line for ``--help`` and the docs.
     :param sample_symbol: how the literature writes its samples per item: L for the ELBO's, K for
         an importance-weighted bound's.
-    :param multi_estimate: it averages M estimates of K samples (option ``num_estimates``).
+    :param multi_estimate: it averages M estimates of K samples (option ``num_estimates``, which
+        it then requires).
+    :param option_help: option -> one line for ``--help`` and the docs.
     """
 
     name: str
@@ -205,6 +208,12 @@ class Objective:
     summary: str = ""
     sample_symbol: str = "K"
     multi_estimate: bool = False
+    option_help: dict = field(default_factory=dict)
+
+    @property
+    def samples(self) -> str:
+        """How its samples per item are written: 'L', 'K' or 'M×K'."""
+        return f"M×{self.sample_symbol}" if self.multi_estimate else self.sample_symbol
 
     def label(self, num_particles: int, num_estimates: int = 1) -> str:
         """'trace L=1', 'iwae K=5', 'miwae M=2 K=4'."""
@@ -230,24 +239,18 @@ def _meanfield(num_particles, vectorize, jit, max_plate_nesting):
         else SyncFreeTraceMeanField_ELBO(**settings)
 
 
-def _renyi(num_particles, vectorize, jit, max_plate_nesting, alpha=0.5):
-    _no_jit("renyi", jit)
-    return estimators.RenyiBound(num_particles, max_plate_nesting, vectorize, alpha=alpha)
-
-
-def _iwae(num_particles, vectorize, jit, max_plate_nesting):
-    _no_jit("iwae", jit)
-    return estimators.IWAE(num_particles, max_plate_nesting, vectorize)
-
-
 def _per_item(cls: type, name: str) -> Callable[..., ELBO]:
-    """The factory of an always-vectorized estimator class; its signature shows the class's own
+    """The factory of an estimator class of estimators.py; its signature shows the class's own
     options (the constructor's parameters after num_particles and max_plate_nesting, but the
-    particles' vectorization, a setting), so that the registry reads them from there."""
+    particles' vectorization, a setting) and its docstring is the class's, so that the registry
+    reads the options, their defaults and their help from there."""
     def factory(num_particles, vectorize, jit, max_plate_nesting, **options):
         _no_jit(name, jit)
+        if not cls.vectorize_always:
+            options["vectorize_particles"] = vectorize
         return cls(num_particles, max_plate_nesting, **options)
     factory.__name__ = f"_{name}"
+    factory.__doc__ = "\n\n".join(inspect.getdoc(c) or "" for c in cls.__mro__ if c.__module__ == cls.__module__)
     settings = [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in _SETTINGS]
     own = [p for p in list(inspect.signature(cls).parameters.values())[2:] if p.name != "vectorize_particles"]
     factory.__signature__ = inspect.Signature(settings + own)
@@ -258,7 +261,8 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register_objective(name: str, factory: Callable[..., ELBO], options: dict | None = None, *,
-                       summary: str = "", sample_symbol: str = "K", multi_estimate: bool = False) -> Objective:
+                       summary: str = "", sample_symbol: str = "K", multi_estimate: bool = False,
+                       option_help: dict | None = None) -> Objective:
     """Make ``factory`` available as ``make_elbo(name, ...)`` (and to the commands' ``--elbo``).
 
     It is called with ``num_particles``, ``vectorize``, ``jit``, ``max_plate_nesting`` and the
@@ -273,6 +277,8 @@ def register_objective(name: str, factory: Callable[..., ELBO], options: dict | 
     :param str summary: one line for the commands' help and docs/cli.md's table.
     :param str sample_symbol: how labels name the sample count ("L" for the ELBO's particles).
     :param bool multi_estimate: the estimator takes M estimates of K (labels "M=2 K=4").
+    :param dict option_help: option -> one line of help; None reads them from the factory's
+        docstring (its ``:param type option: text`` lines).
     :returns: the registered record.
     :raises ValueError: if ``name`` is taken.
     """
@@ -282,7 +288,10 @@ def register_objective(name: str, factory: Callable[..., ELBO], options: dict | 
         raise ValueError(f"objective {name!r} is already registered")
     if options is None:
         options = _signature_options(factory)
-    record = Objective(name, factory, options, summary, sample_symbol, multi_estimate)
+    if option_help is None:
+        option_help = _param_docs(inspect.getdoc(factory) or "")
+    record = Objective(name, factory, options, summary, sample_symbol, multi_estimate,
+                       {option: option_help[option] for option in options or () if option in option_help})
     OBJECTIVES[name] = record
     return record
 
@@ -300,12 +309,21 @@ def _signature_options(factory: Callable) -> dict | None:
     return {p.name: p.default for p in parameters if p.name not in _SETTINGS}
 
 
+def _param_docs(docstring: str) -> dict[str, str]:
+    """``:param float alpha: text`` lines (continued on indented lines) -> {'alpha': 'text'};
+    the first of a name wins."""
+    found = {}
+    for match in re.finditer(r"^:param (?:[\w.\[\], ]+ )?(\w+): (.*(?:\n[ \t]+\S.*)*)", docstring, flags=re.M):
+        found.setdefault(match.group(1), " ".join(match.group(2).split()))
+    return found
+
+
 # each estimator's options and defaults are read from its factory's (or class's) signature
 register_objective("trace", _trace, summary="Trace_ELBO, the Monte-Carlo ELBO (L samples)", sample_symbol="L")
 register_objective("meanfield", _meanfield, summary="TraceMeanField_ELBO, the ELBO with KL in closed form",
                    sample_symbol="L")
-register_objective("iwae", _iwae, summary="the importance-weighted bound (Burda et al.)")
-register_objective("renyi", _renyi, summary="the Renyi bound (Li & Turner)")
+register_objective("iwae", _per_item(estimators.IWAE, "iwae"), summary="the importance-weighted bound (Burda et al.)")
+register_objective("renyi", _per_item(estimators.RenyiBound, "renyi"), summary="the Renyi bound (Li & Turner)")
 register_objective("stl", _per_item(estimators.STL_ELBO, "stl"),
                    summary="the ELBO, sticking the landing (Roeder et al.)", sample_symbol="L")
 register_objective("dreg", _per_item(estimators.DReG_IWAE, "dreg"),
@@ -330,6 +348,40 @@ def objective_label(name: str, num_particles: int, num_estimates: int = 1) -> st
 def takers(option: str) -> list[str]:
     """The registered estimators that take ``option``."""
     return [name for name, record in OBJECTIVES.items() if record.options is not None and option in record.options]
+
+
+@dataclass(frozen=True)
+class EstimatorOption:
+    """An option some registered estimators take, as the commands offer it (``--num-estimates``).
+
+    :param name: its keyword (``num_estimates``).
+    :param default: its first taker's default.
+    :param help: its first taker's help line.
+    :param takers: the estimators that take it.
+    :param required: every taker needs it given (a multi-estimate estimator's ``num_estimates``).
+    """
+
+    name: str
+    default: object
+    help: str
+    takers: tuple[str, ...]
+    required: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def estimator_options() -> list[EstimatorOption]:
+    """Every option of the registered estimators, in the order they were registered."""
+    found: dict[str, EstimatorOption] = {}
+    for record in OBJECTIVES.values():
+        for option, default in (record.options or {}).items():
+            if option not in found:
+                takers_ = tuple(takers(option))
+                required = option == "num_estimates" and all(OBJECTIVES[t].multi_estimate for t in takers_)
+                found[option] = EstimatorOption(option, default, record.option_help.get(option, ""), takers_, required)
+    return list(found.values())
 
 
 def check_options(name: str, options: dict) -> None:

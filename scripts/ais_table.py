@@ -134,12 +134,24 @@ def main() -> None:
         write_section(DOCS, "<!-- ais_table.py writes below this line -->", body)
 
 
+def _section_bounds(text: str, marker: str) -> tuple[int, int]:
+    """Where the section below ``marker`` starts, and where the next heading ends it."""
+    start = text.index(marker) + len(marker)
+    end = min((i for i in (text.find("\n## ", start), text.find("\n### ", start)) if i >= 0), default=len(text))
+    return start, end
+
+
+def section_text(docs: Path, marker: str) -> str:
+    """What ``write_section`` last wrote below ``marker``."""
+    start, end = _section_bounds(docs.read_text(), marker)
+    return docs.read_text()[start:end].strip()
+
+
 def write_section(docs: Path, marker: str, body: str) -> None:
     """Replace what follows ``marker`` in ``docs`` up to the next heading by ``body``, keeping the
     prose above the marker line."""
     text = docs.read_text()
-    start = text.index(marker) + len(marker)
-    end = min((i for i in (text.find("\n## ", start), text.find("\n### ", start)) if i >= 0), default=len(text))
+    start, end = _section_bounds(text, marker)
     docs.write_text(text[:start] + "\n\n" + body.strip() + "\n" + text[end:])
 
 

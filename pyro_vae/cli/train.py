@@ -14,15 +14,18 @@ from typing import Sequence
 
 from .. import distributed, runs
 from ..model import MODELS
-from ..objectives import OBJECTIVES, make_elbo, takers
+from ..objectives import OBJECTIVES, estimator_options, make_elbo
 from ..trainer import train_and_report
 from ..trainer import LR_SCHEDULES, OPTIMIZERS, RESUMABLE_SETTINGS, Interrupted, TrainConfig, changed_setting
 from . import (ArgumentParser, UsageError, add_data_flags, add_net_flags, non_negative_int, positive_float,
                positive_int, run_main, train_config)
 
 DEFAULTS = TrainConfig()
-# the estimators' own options, kept in TrainConfig.extra; which estimators take each is in their records
-ESTIMATOR_OPTIONS = ("alpha", "num_estimates", "beta")
+
+
+def option_type(default) -> type:
+    """The flag's type, from the option's default: a count is a positive integer."""
+    return positive_int if isinstance(default, int) and not isinstance(default, bool) else type(default)
 
 
 def build_parser() -> ArgumentParser:
@@ -40,12 +43,10 @@ def build_parser() -> ArgumentParser:
                            help=f"L, samples of z per image per step (default {d.num_particles})")
     objective.add_argument("--vectorize-particles", action="store_true", default=None,
                            help="draw the L particles in one batched pass instead of a Python loop")
-    objective.add_argument("--alpha", type=float,
-                           help="Renyi's alpha for --elbo renyi (default 0.5; 0 is iwae, 1 the ELBO)")
-    objective.add_argument("--num-estimates", type=positive_int,
-                           help="M, the IWAE estimates averaged by --elbo miwae and piwae (default 1)")
-    objective.add_argument("--beta", type=float,
-                           help="ELBO's weight in --elbo ciwae's beta*ELBO + (1-beta)*IWAE (default 0.5)")
+    for option in estimator_options():  # --alpha, --num-estimates, --beta: from the estimators' records
+        objective.add_argument(option.flag, type=option_type(option.default), metavar=option.name.upper(),
+                               help=f"{option.help.rstrip('.')}; for --elbo {' and '.join(option.takers)} "
+                                    + ("(required)" if option.required else f"(default {option.default})"))
     objective.add_argument("--compile", action="store_true", default=None,
                            help="trace the step once and compile it with torch.compile: faster steps after a "
                                 "one-off compilation of tens of seconds; the program's structure must not "
@@ -96,7 +97,8 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
         if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
             raise UsageError(f"{args.run_dir} is a file, not a run directory")
         stored = runs.load_checkpoint(Path(args.run_dir) / runs.CHECKPOINT_FILE)["config"]
-        given.update({k: getattr(args, k) for k in ESTIMATOR_OPTIONS if getattr(args, k) is not None})
+        # the estimators' own options (kept in TrainConfig.extra) are read from their records
+        given.update({o.name: getattr(args, o.name) for o in estimator_options() if getattr(args, o.name) is not None})
         stored = {**DEFAULTS.to_dict(), **stored, **stored.get("extra", {})}  # an option given is a flag
         changed = changed_setting(stored, dict(sorted(given.items())))
         if changed is not None:
@@ -114,12 +116,12 @@ def config_from_args(args) -> tuple[TrainConfig, dict]:
             if fixed:
                 raise UsageError(f"--{fixed[0].replace('_', '-')}: --model {config.model} has sizes of its own")
             config.latent_dim, config.hidden_dims = sizes
-        for option in ESTIMATOR_OPTIONS:
-            if getattr(args, option) is not None:
-                estimators = takers(option)
-                if config.elbo not in estimators:
-                    raise UsageError(f"--{option.replace('_', '-')} applies only to --elbo {' and '.join(estimators)}")
-                config.extra[option] = getattr(args, option)
+        for option in estimator_options():
+            value = getattr(args, option.name)
+            if value is not None:
+                if config.elbo not in option.takers:
+                    raise UsageError(f"{option.flag} applies only to --elbo {' and '.join(option.takers)}")
+                config.extra[option.name] = value
         if OBJECTIVES[config.elbo].multi_estimate and "num_estimates" not in config.extra:
             raise UsageError(f"--elbo {config.elbo} needs --num-estimates M, the IWAE estimates it averages "
                              "(M = 1 is iwae)")
