@@ -1,5 +1,6 @@
 """Data-parallel training and sharded evaluation: 2 gloo processes on one CPU machine."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,8 +9,9 @@ import sys
 import pytest
 import torch
 
+from pyro_vae import distributed
 from pyro_vae.trainer import TrainConfig, train
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow  # processes of their own: deselect with -m "not slow"
 
@@ -22,50 +24,44 @@ def torchrun(*args, env=None, timeout=240):
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_NO_DOWNLOAD": "1", **(env or {})})
 
 
-def test_two_ranks_train_like_one_process_on_the_combined_batch(tmp_path):
-    alone, shared = tmp_path / "alone.pt", tmp_path / "shared.pt"
-    single = subprocess.run([sys.executable, str(WORKERS / "ddp_steps.py"), str(alone)],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert single.returncode == 0, single.stderr
-    result = torchrun(str(WORKERS / "ddp_steps.py"), str(shared))
-    assert result.returncode == 0, result.stderr[-2000:]
-    a, b = torch.load(alone), torch.load(shared)
-    for key, value in a["final"].items():
-        assert torch.allclose(value, b["final"][key], atol=1e-5), key
-    assert max((a["final"][k] - a["initial"][k]).abs().max() for k in a["final"]) > 1e-3  # it trained
+def one_process_answers(run, out):
+    """What tests/workers/ranks.py computes, in this process and on one thread (as each rank):
+    torch's reductions may group sums differently with more threads."""
+    spec = importlib.util.spec_from_file_location("ranks", WORKERS / "ranks.py")
+    ranks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ranks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return ranks.train_steps(distributed.World()), *ranks.scores(run, out)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def test_sharded_evaluation_equals_one_process(tmp_path, data_dir):
-    run = tmp_path / "run"
+def test_two_ranks_train_and_score_as_one_process(tmp_path, data_dir):
+    run, two = tmp_path / "run", tmp_path / "two"
     train(TrainConfig(run_dir=str(run), epochs=1, train_size=200, hidden_dims=(32,), latent_dim=4,
                       eval_samples=0, data_dir=str(data_dir)), progress=False, log=lambda _: None)
+    two.mkdir()
     # on the CPU, where one process and two give the same bits (and two ranks need no two GPUs)
-    flags = ["--num-samples", "20", "--limit", "230", "--batch-size", "40", "--no-progress", "--seed", "4",
-             "--device", "cpu"]
-    # one thread, as each rank: torch's reductions may group sums differently with more threads
-    single = run_cli("pyro_vae.evaluate", str(run), *flags, env={"OMP_NUM_THREADS": "1"})
-    assert single.returncode == 0, single.stderr
-    one = json.loads((run / "eval_test_K20_first230_seed4_b40.json").read_text())
-    (run / "eval_test_K20_first230_seed4_b40.json").unlink()
-    result = torchrun("-m", "pyro_vae.evaluate", str(run), *flags)
+    result = torchrun(str(WORKERS / "ranks.py"), str(two), str(run))
     assert result.returncode == 0, result.stderr[-2000:]
-    two = json.loads((run / "eval_test_K20_first230_seed4_b40.json").read_text())
-    assert two["processes"] == 2 and one["processes"] == 1
-    assert one["per_image"] == two["per_image"]
-    assert one["summary"] == two["summary"]
+    (tmp_path / "one").mkdir()
+    steps, importance, annealed = one_process_answers(run, tmp_path / "one")
 
-    ais = ["--method", "ais", "--chains", "4", "--ais-steps", "3", "--leapfrog-steps", "2", "--limit", "30",
-           "--batch-size", "8", "--no-progress", "--device", "cpu"]
-    name = "eval_test_ais_C4_T3_guide_L2_b8_first30.json"
-    single = run_cli("pyro_vae.evaluate", str(run), *ais, env={"OMP_NUM_THREADS": "1"})
-    assert single.returncode == 0, single.stderr
-    one = json.loads((run / name).read_text())
-    (run / name).unlink()
-    result = torchrun("-m", "pyro_vae.evaluate", str(run), *ais)
-    assert result.returncode == 0, result.stderr[-2000:]
-    two = json.loads((run / name).read_text())
-    assert two["processes"] == 2 and one["per_image"] == two["per_image"]
-    assert not (run / name).with_suffix(".parts").exists()
+    # training: two ranks at batch 16 take the steps of one process at batch 32
+    shared = torch.load(two / "steps.pt")
+    for key, value in steps["final"].items():
+        assert torch.allclose(value, shared["final"][key], atol=1e-5), key
+    assert max((steps["final"][k] - steps["initial"][k]).abs().max() for k in steps["final"]) > 1e-3  # it trained
+    # scoring: the images dealt to the ranks, each batch seeded by its index, give the same numbers
+    for one, path in ((importance, two / "is.json"), (annealed, two / "ais.json")):
+        sharded = json.loads(path.read_text())
+        assert sharded["processes"] == 2 and one["processes"] == 1
+        assert one["per_image"] == sharded["per_image"], path.name
+        assert len(one["per_image"]["log_px"]) == (230 if path.name == "is.json" else 30)
+    assert importance["summary"] == json.loads((two / "is.json").read_text())["summary"]
+    assert not (two / "ais.json").with_suffix(".parts").exists()
 
 
 def test_a_failing_rank_fails_the_job_without_hanging():
@@ -91,8 +87,6 @@ def test_torchrun_train_writes_once_and_resumes(tmp_path, data_dir):
 
 
 def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
-    from pyro_vae import distributed
-
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail(f"set_device({index}) called"))
     second_rank = distributed.World(rank=1, size=2, local_rank=1)
