@@ -11,8 +11,10 @@ from tests.conftest import call, run_cli
 
 def test_train_end_to_end_writes_the_run(data_dir, tmp_path):
     run = tmp_path / "run"
+    # the README's command with fewer images and a narrower net (the test set is scored in full)
     result = run_cli("pyro_vae.train", "--num-particles", "1", "--epochs", "1", "--train-size", "2000",
-                     "--eval-samples", "20", "--run-dir", str(run), env={"PYRO_VAE_DATA": str(data_dir)})
+                     "--hidden-dims", "100", "--eval-samples", "20", "--run-dir", str(run),
+                     env={"PYRO_VAE_DATA": str(data_dir)})
     assert result.returncode == 0, result.stderr
     for name in ("metrics.csv", "config.json", "checkpoint.pt", "learning_curves.png",
                  "reconstructions.png", "prior_samples.png", "eval_test_K20.json"):
