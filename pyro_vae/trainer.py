@@ -59,7 +59,6 @@ class TrainConfig:
     elbo: str = "trace"
     num_particles: int = 1
     vectorize_particles: bool = False
-    jit: bool = False  # Pyro's Jit* ELBOs (the library's make_elbo keeps them; the command uses compile)
     compile: bool = False  # trace the step once and compile it (compiled.py)
     tensorboard: bool = False  # also write TensorBoard events into <run_dir>/tensorboard
     epochs: int = 10
@@ -274,8 +273,7 @@ def _train(config: TrainConfig, world: distributed.World, device: torch.device, 
     vae = build_model(config.to_dict()).to(device)
     if world.active:  # but each rank its own samples
         pyro.set_rng_seed(config.seed + SEED_STRIDE * (world.rank + 1))
-    elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, config.jit,
-                     **config.extra)
+    elbo = make_elbo(config.elbo, config.num_particles, config.vectorize_particles, **config.extra)
     optimizer = make_optimizer(config, vae.parameters())
     average = make_weight_average(vae, config.ema_decay)
     evaluated = average.module if average is not None else vae  # the weights the run is scored by
