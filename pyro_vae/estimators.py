@@ -127,7 +127,6 @@ class PerItemWeights:
                  max_plate_nesting: int, sequential: bool = False,
                  path_weights: PathWeights | None = None):
         self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
-        self.path_weights = path_weights
         # (guide trace, the values the model saw) per pass: one pass, or one per particle
         self.passes: list[tuple[poutine.Trace, dict]] = []
         log_p, log_q = [], []
@@ -158,9 +157,10 @@ class PerItemWeights:
             return torch.zeros(())
         if log_prob.dim() == self.max_plate_nesting:  # a particle drawn alone: its particle dim
             log_prob = log_prob.unsqueeze(0)
-        per_item = per_item_log_density(site, name, program, log_prob.shape[0], self.batch, self.max_plate_nesting,
+        particles = log_prob.shape[0] if log_prob.dim() else 1  # a scalar: a site outside every plate, refused
+        per_item = per_item_log_density(site, name, program, particles, self.batch, self.max_plate_nesting,
                                         full_weight=False, log_prob=log_prob)
-        return per_item if self.scale == 1 else per_item / self.scale
+        return per_item / self.scale
 
     def _guide_sum(self, log_prob_of: Callable) -> torch.Tensor:
         parts = []

@@ -208,3 +208,43 @@ def test_piwae_gradients_stay_finite_when_an_estimates_weight_underflows(dtype):
         loss = make_elbo("piwae", 1, num_estimates=2).differentiable_loss(model, guide, x)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(loc.grad), (seed, loss, loc.grad)
+
+
+def test_path_weights_refuse_a_backward_before_they_are_set():
+    """PIWAE and DReG set the weights between forward and backward; a backward without them is an
+    error, not the identity."""
+    from pyro_vae.estimators import PathWeights
+
+    path = PathWeights(max_plate_nesting=1)
+    z = torch.ones(3, 2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="path weights were not set before backward"):
+        path.attach(z, event_dim=0).sum().backward()
+    path.set(torch.tensor([[1.0, 2.0]] * 3))
+    path.attach(z, event_dim=0).sum().backward()
+    assert torch.equal(z.grad, torch.tensor([[1.0, 2.0]] * 3))
+
+
+@pytest.mark.parametrize("name, plated_calls, message", [
+    # particles one by one: the check's call, two for the first estimate, the second's first particle
+    ("iwae", 4, "^model site 'z' is not in a data plate at dim -1"),
+    # particles in one pass: the check's call and the first estimate's
+    ("dreg", 2, "^the program has no site in a data plate at dim -1 on this call"),
+    ("miwae", 2, "^the program has no site in a data plate at dim -1 on this call"),
+])
+def test_a_program_that_leaves_its_data_plate_after_the_check_gets_a_clear_error(name, plated_calls, message):
+    """The program is checked on the first call; one whose structure changes later is refused by
+    the per-item sums, naming the program and the site, not summed into the wrong items."""
+    program, calls = LinearGaussian(), []
+
+    def model(x):
+        calls.append(1)
+        if len(calls) <= plated_calls:
+            return program.model(x)
+        pyro.module("decoder", program.decoder)
+        z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(2))  # no plate any more
+        pyro.sample("x", dist.Normal(z @ program.decoder["W"].T + program.decoder["b"], 0.6).to_event(2), obs=x)
+
+    elbo = make_elbo(name, 2, **({"num_estimates": 2} if name == "miwae" else {}))
+    elbo.differentiable_loss(model, program.guide, DATA)
+    with pytest.raises(ValueError, match=message):
+        elbo.differentiable_loss(model, program.guide, DATA)
