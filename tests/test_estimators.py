@@ -248,3 +248,27 @@ def test_a_program_that_leaves_its_data_plate_after_the_check_gets_a_clear_error
     elbo.differentiable_loss(model, program.guide, DATA)
     with pytest.raises(ValueError, match=message):
         elbo.differentiable_loss(model, program.guide, DATA)
+
+
+@pytest.mark.parametrize("name", ["stl", "dreg", "piwae"])
+def test_a_guide_whose_distribution_keeps_its_parameters_in_a_module_is_refused_by_name(name):
+    """A normalizing flow's parameters live in its transforms (modules): the estimators that stop
+    the guide's parameters (STL, DReG) cannot stop those, and say so instead of leaving them live;
+    PIWAE stops only the samples, and takes the flow."""
+    flow = dist.transforms.affine_autoregressive(2, hidden_dims=[4])  # a torch module
+    program = LinearGaussian()
+
+    def guide(x):
+        pyro.module("flow", flow)
+        with pyro.plate("data", x.shape[0]):
+            base = dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1)
+            pyro.sample("z", dist.TransformedDistribution(base, [flow]))
+
+    elbo = make_elbo(name, 2, **({"num_estimates": 2} if name == "piwae" else {}))
+    if name == "piwae":
+        elbo.differentiable_loss(program.model, guide, DATA).backward()
+        assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in flow.parameters())
+        return
+    with pytest.raises(ValueError, match="^guide site 'z': its distribution TransformedDistribution keeps its "
+                                         "parameters in a module"):
+        elbo.differentiable_loss(program.model, guide, DATA)
