@@ -13,11 +13,12 @@ python -m pip install -q "mutmut==2.5.1"
 # neighbours check the same code paths. marginal.py's refusals are tested through the public
 # API (test_api.py) and its per-item sums' site filters by AIS (test_ais.py); the estimators'
 # option checks are tested through make_elbo (test_valid_programs.py) and their one-by-one
-# particles against Pyro's RenyiELBO (test_objectives.py)
+# particles against Pyro's RenyiELBO (test_objectives.py); the registry's summaries are checked
+# against docs/cli.md's table (test_docs.py)
 declare -A TESTS=(
     [marginal]='tests/test_marginal.py tests/test_api.py tests/test_ais.py -k "not by_ais and not committed and not compiled and not bdmc and not invariant"'
     [estimators]='tests/test_estimators.py tests/test_subsample.py tests/test_valid_programs.py tests/test_objectives.py -k "not plain_pytorch_reference and not jit_variant"'
-    [objectives]='tests/test_objectives.py tests/test_valid_programs.py'
+    [objectives]='tests/test_objectives.py tests/test_valid_programs.py tests/test_docs.py -k "not api_page_runs"'
 )
 for name in "${@:-marginal estimators objectives}"; do
     for file in $name; do
