@@ -190,3 +190,27 @@ def test_pyro_checks_the_first_chunk_only():
     # the program check's one trace, then 4 one-image x 6 one-sample chunks, validated on the first only
     assert seen[0] and seen[1] and not any(seen[2:]) and len(seen) == 25
     assert pyro.infer.util.is_validation_enabled()  # and the caller's setting is back
+
+
+def test_the_weights_of_a_program_without_per_item_sites_are_refused_naming_the_program_and_site():
+    """log_importance_weights on its own (without the estimators' program check): a global site is
+    named with the program it is in, and a program without sample sites is refused."""
+    from pyro_vae.marginal import log_importance_weights
+
+    x = torch.zeros(3, 2)
+
+    def plated(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+
+    def with_global(x):
+        pyro.sample("theta", dist.Normal(0.0, 1.0))
+        plated(x)
+
+    with pytest.raises(ValueError, match="^model site 'theta' is not in a data plate at dim -1 of size 3"):
+        log_importance_weights(with_global, plated, x, 4)
+    with pytest.raises(ValueError, match="^guide site 'theta' is not in a data plate at dim -1 of size 3"):
+        log_importance_weights(plated, with_global, x, 4)
+    with pytest.raises(ValueError, match="^the model and guide have no sample sites$"):
+        log_importance_weights(lambda x: None, lambda x: None, x, 4)
+    assert log_importance_weights(plated, plated, x, 4).shape == (4, 3)
