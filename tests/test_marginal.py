@@ -214,3 +214,60 @@ def test_the_weights_of_a_program_without_per_item_sites_are_refused_naming_the_
     with pytest.raises(ValueError, match="^the model and guide have no sample sites$"):
         log_importance_weights(lambda x: None, lambda x: None, x, 4)
     assert log_importance_weights(plated, plated, x, 4).shape == (4, 3)
+
+
+def test_summaries_are_the_mean_and_its_standard_error_of_the_per_image_values():
+    from pyro_vae.marginal import mean_and_stderr
+
+    values = torch.tensor([1.0, 2.0, 4.0, 9.0], dtype=torch.float64)
+    mean, stderr = mean_and_stderr(values)
+    assert mean == 4.0 and math.isclose(stderr, math.sqrt(((values - 4) ** 2).sum().item() / 3) / 2, rel_tol=1e-12)
+    one = mean_and_stderr(values[:1])
+    assert one[0] == 1.0 and math.isnan(one[1])  # no spread from one image
+    per_image = {"log_px": values, "iwae": values - 1, "elbo": values - 2,
+                 "ess": torch.tensor([3.0, 60.0, 80.0, 100.0], dtype=torch.float64)}
+    summary = summarize(per_image, 5000)
+    assert (summary["log_px_mean"], summary["iwae_mean"], summary["elbo_mean"]) == (4.0, 3.0, 2.0)
+    assert summary["iwae_stderr"] == summary["log_px_stderr"] == stderr
+    assert summary["ess_median"] == 60.0  # torch's median: the lower of the two middle values
+    assert summary["ess_low_threshold"] == 50.0 and summary["ess_low_fraction"] == 0.25
+
+
+def test_fewer_samples_than_one_iwae_group_leave_the_iwae_bound_undefined():
+    acc = WeightAccumulator(3, iwae_k=10)
+    acc.add(torch.zeros(6, 3))
+    result = acc.result()
+    assert torch.isnan(result["iwae"]).all() and torch.equal(result["elbo"], torch.zeros(3, dtype=torch.float64))
+    acc.add(torch.zeros(4, 3))  # the group completes across chunks
+    assert torch.equal(acc.result()["iwae"], torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("arguments, plan", [
+    ((5000, 100, 16_384, 1024.0, 100), (100, 650)),  # 65,536 rows: 655 samples, rounded down to 650
+    ((5000, 100, 16_384, 1024.0, 20), (20, 3250)),   # a smaller image batch leaves more samples
+    ((40, 100, 16_384, 1024.0, 100), (100, 40)),     # K itself when it fits
+    ((5000, 3, 1 << 30, 1.0, 100), (1, 1)),          # less than a row: one at a time
+    ((5000, 100, 16_384, 0.5, 100), (32, 1)),        # 32 rows
+])
+def test_chunks_are_the_largest_that_fit_the_memory(arguments, plan):
+    chosen = plan_chunks(*arguments)
+    assert (chosen.images_per_chunk, chosen.samples_per_chunk) == plan
+
+
+def test_the_estimate_builds_no_autograd_graph():
+    """Scoring 10,000 images at K = 5000 must not keep the decoder's activations for a backward."""
+    vae = VAE(latent_dim=2, hidden_dims=(8,), binary_data=True)
+    images = torch.bernoulli(torch.full((4, 784), 0.3))
+    assert any(p.requires_grad for p in vae.parameters())
+    result = estimate_per_item(vae.model, vae.guide, images, 6)
+    assert not any(value.requires_grad for value in result.values())
+
+
+def test_the_vaes_rows_are_sized_from_its_layers():
+    """4 bytes for each float of a row: z, its mean and scale (3 J), each hidden layer's output and
+    its tanh (2 H), and the logits with the Bernoulli log-density's three temporaries (4 x 784)."""
+    from pyro_vae.marginal import vae_bytes_per_row
+
+    assert vae_bytes_per_row(VAE(latent_dim=20, hidden_dims=(500,))) == 4 * (60 + 1000 + 4 * 784)
+    assert vae_bytes_per_row(VAE(latent_dim=50, hidden_dims=(200, 200))) == 4 * (150 + 800 + 4 * 784)
+    assert vae_bytes_per_row(torch.nn.Linear(2, 2)) is None  # another program: measured instead
