@@ -318,7 +318,8 @@ def _param_docs(docstring: str) -> dict[str, str]:
     return found
 
 
-# each estimator's options and defaults are read from its factory's (or class's) signature
+# each estimator's options and defaults are read from its factory's (or class's) signature, their
+# help from its docstring's :param lines
 register_objective("trace", _trace, summary="Trace_ELBO, the Monte-Carlo ELBO (L samples)", sample_symbol="L")
 register_objective("meanfield", _meanfield, summary="TraceMeanField_ELBO, the ELBO with KL in closed form",
                    sample_symbol="L")
