@@ -272,3 +272,25 @@ def test_a_guide_whose_distribution_keeps_its_parameters_in_a_module_is_refused_
     with pytest.raises(ValueError, match="^guide site 'z': its distribution TransformedDistribution keeps its "
                                          "parameters in a module"):
         elbo.differentiable_loss(program.model, guide, DATA)
+
+
+@pytest.mark.parametrize("name, options, particles, bound", [
+    ("stl", {}, 6, lambda log_w: log_w.mean(0)),
+    ("dreg", {}, 6, lambda log_w: log_w.logsumexp(0) - math.log(6)),
+    ("renyi", {"alpha": 0.5}, 6, lambda log_w: 2 * ((0.5 * log_w).logsumexp(0) - math.log(6))),
+    ("miwae", {"num_estimates": 2}, 3, lambda log_w: (log_w.reshape(2, 3, -1).logsumexp(1) - math.log(3)).mean(0)),
+    ("ciwae", {"beta": 0.3}, 6, lambda log_w: 0.3 * log_w.mean(0) + 0.7 * (log_w.logsumexp(0) - math.log(6))),
+    ("piwae", {"num_estimates": 2}, 3, lambda log_w: log_w.logsumexp(0) - math.log(6)),  # the model's IWAE_MK
+])
+def test_each_bound_is_its_formula_on_the_same_draws(name, options, particles, bound):
+    """The value of each loss is minus the sum over items of its bound, computed here from the
+    log-weights of the same draws (six per item, M = 2 groups of 3 for MIWAE and PIWAE)."""
+    from pyro_vae.marginal import log_importance_weights
+
+    program = LinearGaussian(exact=False)
+    pyro.set_rng_seed(4)
+    elbo = make_elbo(name, particles, vectorize=True, **options)  # renyi would draw one by one by default
+    loss = elbo.differentiable_loss(program.model, program.guide, DATA)
+    pyro.set_rng_seed(4)
+    log_w = log_importance_weights(program.model, program.guide, DATA, 6)
+    assert torch.allclose(-loss, bound(log_w).sum(), rtol=1e-10), name
