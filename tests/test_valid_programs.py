@@ -166,6 +166,16 @@ def test_every_estimator_gives_the_right_answer_or_one_true_sentence(case, estim
         assert torch.allclose(loss, torch.as_tensor(svi_step_and_loss(stock, model, guide)), rtol=1e-10)
 
 
+@pytest.mark.parametrize("estimator", ["trace", "meanfield"])
+def test_one_particle_is_not_vectorized_so_a_shape_asserting_program_runs(estimator):
+    """As Pyro's: with L = 1 the particles plate is left out even when asked to vectorize, so a
+    program that asserts its unvectorized shapes runs, with Pyro's loss."""
+    elbo = make_elbo(estimator, 1, vectorize=True)
+    stock = STOCK[estimator](num_particles=1, vectorize_particles=True, max_plate_nesting=1)
+    loss = svi_step_and_loss(elbo, shape_asserting, local_guide)
+    assert torch.allclose(loss, torch.as_tensor(svi_step_and_loss(stock, shape_asserting, local_guide)), rtol=1e-10)
+
+
 def test_trace_drawing_particles_one_by_one_takes_pyros_guess_of_the_plates():
     elbo = make_elbo("trace", 2, vectorize=False, max_plate_nesting=math.inf)
     loss = svi_step_and_loss(elbo, nested, nested_guide)
