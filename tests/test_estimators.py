@@ -217,7 +217,7 @@ def test_path_weights_refuse_a_backward_before_they_are_set():
 
     path = PathWeights(max_plate_nesting=1)
     z = torch.ones(3, 2, requires_grad=True)
-    with pytest.raises(RuntimeError, match="path weights were not set before backward"):
+    with pytest.raises(RuntimeError, match="^the path weights were not set before backward$"):
         path.attach(z, event_dim=0).sum().backward()
     path.set(torch.tensor([[1.0, 2.0]] * 3))
     path.attach(z, event_dim=0).sum().backward()
@@ -228,7 +228,8 @@ def test_path_weights_refuse_a_backward_before_they_are_set():
     # particles one by one: the check's call, two for the first estimate, the second's first particle
     ("iwae", 4, "^model site 'z' is not in a data plate at dim -1"),
     # particles in one pass: the check's call and the first estimate's
-    ("dreg", 2, "^the program has no site in a data plate at dim -1 on this call"),
+    ("dreg", 2, "^the program has no site in a data plate at dim -1 on this call: its structure changed since "
+                "it was checked$"),
     ("miwae", 2, "^the program has no site in a data plate at dim -1 on this call"),
 ])
 def test_a_program_that_leaves_its_data_plate_after_the_check_gets_a_clear_error(name, plated_calls, message):
@@ -248,6 +249,24 @@ def test_a_program_that_leaves_its_data_plate_after_the_check_gets_a_clear_error
     elbo.differentiable_loss(model, program.guide, DATA)
     with pytest.raises(ValueError, match=message):
         elbo.differentiable_loss(model, program.guide, DATA)
+
+
+@pytest.mark.parametrize("name", ["iwae", "stl", "dreg", "piwae"])
+def test_a_guide_that_leaves_its_data_plate_after_the_check_is_named(name):
+    program, calls = LinearGaussian(), []
+
+    def guide(x):
+        calls.append(1)
+        if len(calls) <= 2:  # the check's call and the first estimate's
+            return program.guide(x)
+        pyro.module("encoder", program.encoder)
+        loc = x @ program.encoder["A"].T + program.encoder["c"]
+        pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=program.encoder["L"].tril()))  # no plate any more
+
+    elbo = make_elbo(name, 2, vectorize=True, **({"num_estimates": 2} if name == "piwae" else {}))
+    elbo.differentiable_loss(program.model, guide, DATA)
+    with pytest.raises(ValueError, match="^guide site 'z' is not in a data plate at dim -1 of size 4"):
+        elbo.differentiable_loss(program.model, guide, DATA)
 
 
 @pytest.mark.parametrize("name", ["stl", "dreg", "piwae"])
@@ -270,7 +289,7 @@ def test_a_guide_whose_distribution_keeps_its_parameters_in_a_module_is_refused_
         assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in flow.parameters())
         return
     with pytest.raises(ValueError, match="^guide site 'z': its distribution TransformedDistribution keeps its "
-                                         "parameters in a module"):
+                                         "parameters in a module, which these estimators cannot stop$"):
         elbo.differentiable_loss(program.model, guide, DATA)
 
 

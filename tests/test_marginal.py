@@ -207,10 +207,19 @@ def test_the_weights_of_a_program_without_per_item_sites_are_refused_naming_the_
         pyro.sample("theta", dist.Normal(0.0, 1.0))
         plated(x)
 
-    with pytest.raises(ValueError, match="^model site 'theta' is not in a data plate at dim -1 of size 3"):
+    with pytest.raises(ValueError, match="^model site 'theta' is not in a data plate at dim -1 of size 3 "
+                                         "\\(its plates: none\\)"):  # the particles' own plate is not listed
         log_importance_weights(with_global, plated, x, 4)
     with pytest.raises(ValueError, match="^guide site 'theta' is not in a data plate at dim -1 of size 3"):
         log_importance_weights(plated, with_global, x, 4)
+
+    def wrong_size(x):  # a plate at the data's dim, but not over the data
+        with pyro.plate("pairs", 2):
+            pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0))
+
+    with pytest.raises(ValueError, match="^model site 'z' is not in a data plate at dim -1 of size 3 \\(its plates: "
+                                         "'pairs' \\(dim -1, size 2\\)\\)"):
+        log_importance_weights(wrong_size, wrong_size, x, 4)
     with pytest.raises(ValueError, match="^the model and guide have no sample sites$"):
         log_importance_weights(lambda x: None, lambda x: None, x, 4)
     assert log_importance_weights(plated, plated, x, 4).shape == (4, 3)
@@ -252,6 +261,7 @@ def test_fewer_samples_than_one_iwae_group_leave_the_iwae_bound_undefined():
 def test_chunks_are_the_largest_that_fit_the_memory(arguments, plan):
     chosen = plan_chunks(*arguments)
     assert (chosen.images_per_chunk, chosen.samples_per_chunk) == plan
+    assert type(chosen.images_per_chunk) is int and type(chosen.samples_per_chunk) is int  # they size tensors
 
 
 def test_the_estimate_builds_no_autograd_graph():
