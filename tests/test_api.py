@@ -139,10 +139,13 @@ def test_a_subsampled_plate_is_refused():
 
 def test_bad_arguments_are_python_errors():
     ppca = PPCA()
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples must be a positive integer, got 0$"):
         estimate_log_likelihood(ppca.model, ppca.guide, ppca.data(3), num_samples=0)
-    with pytest.raises(ValueError, match="no items"):
+    with pytest.raises(ValueError, match="^max_plate_nesting must be at least 1 \\(the data plate\\), got 0$"):
+        estimate_log_likelihood(ppca.model, ppca.guide, ppca.data(3), num_samples=3, max_plate_nesting=0)
+    with pytest.raises(ValueError, match="^data holds no items$"):
         estimate_log_likelihood(ppca.model, ppca.guide, ppca.data(3)[:0], num_samples=3)
+    assert len(estimate_log_likelihood(ppca.model, ppca.guide, ppca.data(1), num_samples=1).log_px) == 1  # the least
 
 
 def test_the_package_exports_its_api():

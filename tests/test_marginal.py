@@ -233,6 +233,7 @@ def test_summaries_are_the_mean_and_its_standard_error_of_the_per_image_values()
     assert mean == 4.0 and math.isclose(stderr, math.sqrt(((values - 4) ** 2).sum().item() / 3) / 2, rel_tol=1e-12)
     one = mean_and_stderr(values[:1])
     assert one[0] == 1.0 and math.isnan(one[1])  # no spread from one image
+    assert mean_and_stderr(values[:2]) == (1.5, math.sqrt(0.5) / math.sqrt(2))  # but from two
     per_image = {"log_px": values, "iwae": values - 1, "elbo": values - 2,
                  "ess": torch.tensor([3.0, 60.0, 80.0, 100.0], dtype=torch.float64)}
     summary = summarize(per_image, 5000)
