@@ -126,8 +126,8 @@ CASES = {
     "masked guide site": (local, masked_guide, 1, {}),
     "asserts its shapes": (shape_asserting, local_guide, 1, {
         "per-item": "^the program fails under [0-9]+ vectorized particles at dim -2 \\(AssertionError: (?s:.*)\\): "
-                    "a program that asserts its own shapes, or whose batch dims are not all plates within max_plate_nesting, "
-                    "cannot be vectorized; the per-item estimators need it$"}),
+                    "a program that asserts its own shapes, or whose batch dims are not all plates within "
+                    "max_plate_nesting, cannot be vectorized; the per-item estimators need it$"}),
     "empty": (empty, empty, 1, {"per-item": "no sample sites"}),
 }
 
