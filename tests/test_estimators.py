@@ -313,3 +313,10 @@ def test_each_bound_is_its_formula_on_the_same_draws(name, options, particles, b
     pyro.set_rng_seed(4)
     log_w = log_importance_weights(program.model, program.guide, DATA, 6)
     assert torch.allclose(-loss, bound(log_w).sum(), rtol=1e-10), name
+
+
+def test_the_options_defaults_are_those_the_docs_and_commands_state():
+    """Read from the classes' signatures by the registry, --help and docs/cli.md: Renyi's alpha 0.5,
+    CIWAE's beta 0.5, MIWAE's M 1."""
+    assert make_elbo("renyi", 3).alpha == 0.5 and make_elbo("ciwae", 3).beta == 0.5
+    assert make_elbo("miwae", 3).num_estimates == 1 and make_elbo("piwae", 3).num_estimates == 1
