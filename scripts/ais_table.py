@@ -143,8 +143,9 @@ def _section_bounds(text: str, marker: str) -> tuple[int, int]:
 
 def section_text(docs: Path, marker: str) -> str:
     """What ``write_section`` last wrote below ``marker``."""
-    start, end = _section_bounds(docs.read_text(), marker)
-    return docs.read_text()[start:end].strip()
+    text = docs.read_text()
+    start, end = _section_bounds(text, marker)
+    return text[start:end].strip()
 
 
 def write_section(docs: Path, marker: str, body: str) -> None:

@@ -5,7 +5,8 @@ with their defaults and help, as its record has them.
     python scripts/estimator_table.py [--check]
 
 The script owns the table: after registering an estimator, re-run it. ``--check`` writes nothing
-and exits 1 if the page differs from what it would write (a test runs it so).
+and exits 1 if the page differs from what it would write (tests/test_docs.py makes the same
+comparison).
 """
 
 from __future__ import annotations
